@@ -1,0 +1,101 @@
+// Argument checks shared by every kernel. Each message names the argument
+// and what was expected, so a bad call fails with a readable error.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace msmix {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// feats: M >= 1 tensors [B, D_m] or [B, T_m, D_m], one floating dtype, one
+// device, one batch size. Returns B.
+inline int64_t check_feats(at::TensorList feats, const char* op) {
+  TORCH_CHECK(!feats.empty(), op, ": feats must hold at least one modality, got M = 0");
+  const at::Tensor& first = feats[0];
+  const int64_t batch = first.dim() > 0 ? first.size(0) : -1;
+  for (size_t m = 0; m < feats.size(); ++m) {
+    const at::Tensor& f = feats[m];
+    TORCH_CHECK(f.defined(), op, ": feats[", m, "] is undefined");
+    TORCH_CHECK(f.dim() == 2 || f.dim() == 3, op, ": feats[", m,
+                "] must be [B, D] or [B, T, D], got ", f.dim(), " dimensions ", f.sizes());
+    TORCH_CHECK(is_supported_float(f.scalar_type()), op, ": feats[", m,
+                "] must be float32, float64, float16 or bfloat16, got ", f.scalar_type());
+    TORCH_CHECK(f.scalar_type() == first.scalar_type(), op, ": feats[", m, "] has dtype ",
+                f.scalar_type(), " but feats[0] has ", first.scalar_type(),
+                "; all modalities must share one dtype");
+    TORCH_CHECK(f.device() == first.device(), op, ": feats[", m, "] is on ", f.device(),
+                " but feats[0] is on ", first.device(), "; all tensors must be on one device");
+    TORCH_CHECK(f.size(0) == batch, op, ": feats[", m, "] must have batch size ", batch,
+                " (that of feats[0]), got ", f.size(0));
+  }
+  return batch;
+}
+
+inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                              const char* op) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(),
+              " but feats are on ", ref.device(), "; all tensors must be on one device");
+}
+
+inline void check_indices(const at::Tensor& idx, const char* name, int64_t num_mix,
+                          const at::Tensor& ref, const char* op) {
+  TORCH_CHECK(idx.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
+              idx.scalar_type());
+  TORCH_CHECK(idx.dim() == 1 && idx.size(0) == num_mix, op, ": ", name, " must be [K] with K = ",
+              num_mix, ", got ", idx.sizes());
+  check_same_device(idx, name, ref, op);
+}
+
+// Checks of the mixing op: labels [B, ...], idx1/idx2 int64 [K], lam [M, K],
+// lam_label [K] in one floating dtype.
+inline void check_mix_args(at::TensorList feats, const at::Tensor& labels, const at::Tensor& idx1,
+                           const at::Tensor& idx2, const at::Tensor& lam,
+                           const at::Tensor& lam_label, const char* op) {
+  const int64_t batch = check_feats(feats, op);
+  const int64_t num_modalities = static_cast<int64_t>(feats.size());
+  TORCH_CHECK(labels.dim() >= 1 && labels.size(0) == batch, op,
+              ": labels must be [B] or [B, ...] with B = ", batch, ", got ", labels.sizes());
+  TORCH_CHECK(is_supported_float(labels.scalar_type()), op,
+              ": labels must be a floating tensor, got ", labels.scalar_type());
+  check_same_device(labels, "labels", feats[0], op);
+  TORCH_CHECK(idx1.dim() == 1, op, ": idx1 must be [K], got ", idx1.sizes());
+  const int64_t num_mix = idx1.size(0);
+  check_indices(idx1, "idx1", num_mix, feats[0], op);
+  check_indices(idx2, "idx2", num_mix, feats[0], op);
+  TORCH_CHECK(lam.dim() == 2 && lam.size(0) == num_modalities && lam.size(1) == num_mix, op,
+              ": lam must be [M, K] = [", num_modalities, ", ", num_mix, "], got ", lam.sizes());
+  TORCH_CHECK(lam_label.dim() == 1 && lam_label.size(0) == num_mix, op,
+              ": lam_label must be [K] = [", num_mix, "], got ", lam_label.sizes());
+  TORCH_CHECK(is_supported_float(lam.scalar_type()), op, ": lam must be floating, got ",
+              lam.scalar_type());
+  TORCH_CHECK(lam_label.scalar_type() == lam.scalar_type(), op, ": lam_label has dtype ",
+              lam_label.scalar_type(), " but lam has ", lam.scalar_type(), "; they must match");
+  check_same_device(lam, "lam", feats[0], op);
+  check_same_device(lam_label, "lam_label", feats[0], op);
+}
+
+// num_mix >= 1, 0 <= threshold < 1, alpha > 0, B >= 2; the seed is an int64
+// scalar tensor (on the feature device or the CPU) so it never forces a sync.
+inline int64_t check_sass_args(at::TensorList feats, int64_t num_mix, double threshold,
+                               const at::Tensor& seed, double alpha, const char* op) {
+  const int64_t batch = check_feats(feats, op);
+  TORCH_CHECK(batch >= 2, op, ": SASS needs a batch of at least 2 samples to pair, got B = ",
+              batch);
+  TORCH_CHECK(num_mix >= 1, op, ": num_mix must be >= 1, got ", num_mix);
+  TORCH_CHECK(threshold >= 0.0 && threshold < 1.0, op, ": threshold must be in [0, 1), got ",
+              threshold);
+  TORCH_CHECK(alpha > 0.0, op, ": alpha must be > 0, got ", alpha);
+  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1, op,
+              ": seed must be a one-element int64 tensor, got ", seed.scalar_type(), " ",
+              seed.sizes());
+  TORCH_CHECK(seed.is_cpu() || seed.device() == feats[0].device(), op, ": seed is on ",
+              seed.device(), "; it must be on the CPU or on the feats' device ",
+              feats[0].device());
+  return batch;
+}
+
+}  // namespace msmix

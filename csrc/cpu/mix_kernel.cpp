@@ -1,0 +1,205 @@
+// Fused per-modality mixing on the CPU (SPEC 6): every output row is written
+// once, straight from its source rows, and the backward gathers instead of
+// scattering, so its sums run in a fixed order (deterministic).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "../mix_math.h"
+
+namespace msmix {
+namespace {
+
+constexpr int64_t kGrainElements = 32768;
+
+int64_t row_grain(int64_t width) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(width, 1)); }
+
+void check_index_range(const at::Tensor& idx, const char* name, int64_t batch, const char* op) {
+  const int64_t* p = idx.data_ptr<int64_t>();
+  for (int64_t k = 0; k < idx.numel(); ++k)
+    TORCH_CHECK(p[k] >= 0 && p[k] < batch, op, ": ", name, "[", k, "] = ", p[k],
+                " is out of range for a batch of B = ", batch);
+}
+
+// out[:B] = src, out[B + k] = r_k * src[i_k] + (1 - r_k) * src[j_k], rows of `width`.
+template <typename scalar_t, typename ratio_t>
+void mix_rows_forward(const scalar_t* src, scalar_t* out, const int64_t* idx1, const int64_t* idx2,
+                      const ratio_t* ratio, int64_t batch, int64_t num_mix, int64_t width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, batch + num_mix, row_grain(width), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      scalar_t* dst = out + row * width;
+      if (row < batch) {
+        std::copy(src + row * width, src + (row + 1) * width, dst);
+        continue;
+      }
+      const int64_t k = row - batch;
+      const acc_t a = static_cast<acc_t>(ratio[k]);
+      const scalar_t* x1 = src + idx1[k] * width;
+      const scalar_t* x2 = src + idx2[k] * width;
+      for (int64_t c = 0; c < width; ++c)
+        dst[c] = static_cast<scalar_t>(mix_value(a, static_cast<acc_t>(x1[c]), static_cast<acc_t>(x2[c])));
+    }
+  });
+}
+
+template <typename scalar_t, typename ratio_t>
+void mix_rows_backward(const scalar_t* grad_out, scalar_t* grad_src, const MixInverseIndex& inverse,
+                       const ratio_t* ratio, int64_t batch, int64_t width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, batch, row_grain(width), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = inverse.offsets[b], last = inverse.offsets[b + 1];
+      for (int64_t c = 0; c < width; ++c) {
+        acc_t g = static_cast<acc_t>(grad_out[b * width + c]);
+        for (int64_t e = first; e < last; ++e) {
+          const int64_t entry = inverse.entries[e];
+          const int64_t k = entry_mix_index(entry);
+          g += source_weight(static_cast<acc_t>(ratio[k]), entry_is_second(entry)) *
+               static_cast<acc_t>(grad_out[(batch + k) * width + c]);
+        }
+        grad_src[b * width + c] = static_cast<scalar_t>(g);
+      }
+    }
+  });
+}
+
+// d r_k = < grad_out[B + k], src[i_k] - src[j_k] >
+template <typename scalar_t, typename ratio_t>
+void mix_rows_ratio_grad(const scalar_t* grad_out, const scalar_t* src, const int64_t* idx1,
+                         const int64_t* idx2, ratio_t* grad_ratio, int64_t batch, int64_t num_mix,
+                         int64_t width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, num_mix, row_grain(width), [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const scalar_t* g = grad_out + (batch + k) * width;
+      const scalar_t* x1 = src + idx1[k] * width;
+      const scalar_t* x2 = src + idx2[k] * width;
+      acc_t dot = 0;
+      for (int64_t c = 0; c < width; ++c)
+        dot += static_cast<acc_t>(g[c]) * (static_cast<acc_t>(x1[c]) - static_cast<acc_t>(x2[c]));
+      grad_ratio[k] = static_cast<ratio_t>(dot);
+    }
+  });
+}
+
+int64_t row_width(const at::Tensor& t) { return t.size(0) == 0 ? 0 : t.numel() / t.size(0); }
+
+std::vector<int64_t> mixed_shape(const at::Tensor& t, int64_t num_mix) {
+  std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+  shape[0] += num_mix;
+  return shape;
+}
+
+// Mixes one [B, ...] tensor with ratios `ratio` [K] (a row of lam, or lam_label).
+at::Tensor mix_one(const at::Tensor& x, const at::Tensor& idx1, const at::Tensor& idx2,
+                   const at::Tensor& ratio) {
+  const at::Tensor src = x.contiguous();
+  const int64_t batch = x.size(0), num_mix = idx1.size(0);
+  at::Tensor out = at::empty(mixed_shape(x, num_mix), src.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "mix", [&] {
+    using scalar_data_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ratio.scalar_type(), "mix", [&] {
+      mix_rows_forward<scalar_data_t, scalar_t>(src.data_ptr<scalar_data_t>(), out.data_ptr<scalar_data_t>(),
+                                                idx1.data_ptr<int64_t>(), idx2.data_ptr<int64_t>(),
+                                                ratio.data_ptr<scalar_t>(), batch, num_mix, row_width(src));
+    });
+  });
+  return out;
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> mix_forward_kernel(
+    at::TensorList feats, const at::Tensor& labels, const at::Tensor& idx1, const at::Tensor& idx2,
+    const at::Tensor& lam, const at::Tensor& lam_label) {
+  check_mix_args(feats, labels, idx1, idx2, lam, lam_label, "mix");
+  const int64_t batch = feats[0].size(0);
+  const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
+  check_index_range(i1, "idx1", batch, "mix");
+  check_index_range(i2, "idx2", batch, "mix");
+  const at::Tensor lam_c = lam.contiguous(), lam_label_c = lam_label.contiguous();
+  std::vector<at::Tensor> out;
+  for (size_t m = 0; m < feats.size(); ++m)
+    out.push_back(mix_one(feats[m], i1, i2, lam_c[static_cast<int64_t>(m)]));
+  return {out, mix_one(labels, i1, i2, lam_label_c)};
+}
+
+// Gradients of one mixed tensor: into its source rows and into its ratios.
+void mix_one_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& idx1,
+                      const at::Tensor& idx2, const at::Tensor& ratio, const MixInverseIndex& inverse,
+                      at::Tensor* grad_x, at::Tensor* grad_ratio) {
+  const at::Tensor g = grad_out.contiguous();
+  const int64_t num_mix = idx1.size(0), batch = g.size(0) - num_mix, width = row_width(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "mix_backward", [&] {
+    using scalar_data_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ratio.scalar_type(), "mix_backward", [&] {
+      if (grad_x != nullptr) {
+        std::vector<int64_t> shape(g.sizes().begin(), g.sizes().end());
+        shape[0] = batch;
+        *grad_x = at::empty(shape, g.options());
+        mix_rows_backward<scalar_data_t, scalar_t>(g.data_ptr<scalar_data_t>(),
+                                                   grad_x->data_ptr<scalar_data_t>(), inverse,
+                                                   ratio.data_ptr<scalar_t>(), batch, width);
+      }
+      if (grad_ratio != nullptr) {
+        const at::Tensor src = x.contiguous();
+        TORCH_CHECK(src.scalar_type() == g.scalar_type() && row_width(src) == width && src.size(0) == batch,
+                    "mix_backward: a saved input does not match its gradient's shape or dtype");
+        *grad_ratio = at::empty({num_mix}, ratio.options());
+        mix_rows_ratio_grad<scalar_data_t, scalar_t>(g.data_ptr<scalar_data_t>(), src.data_ptr<scalar_data_t>(),
+                                                     idx1.data_ptr<int64_t>(), idx2.data_ptr<int64_t>(),
+                                                     grad_ratio->data_ptr<scalar_t>(), batch, num_mix, width);
+      }
+    });
+  });
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> mix_backward_kernel(
+    at::TensorList grad_feats_out, const at::Tensor& grad_labels_out, at::TensorList feats,
+    const at::Tensor& labels, const at::Tensor& idx1, const at::Tensor& idx2, const at::Tensor& lam,
+    const at::Tensor& lam_label, std::array<bool, 4> output_mask) {
+  const auto [need_feats, need_labels, need_lam, need_lam_label] = output_mask;
+  const int64_t num_mix = idx1.size(0);
+  const int64_t num_modalities = lam.size(0);
+  TORCH_CHECK(static_cast<int64_t>(grad_feats_out.size()) == num_modalities,
+              "mix_backward: expected ", num_modalities, " feature gradients, got ", grad_feats_out.size());
+  TORCH_CHECK(!need_lam || static_cast<int64_t>(feats.size()) == num_modalities,
+              "mix_backward: the lam gradient needs the ", num_modalities, " saved feats, got ", feats.size());
+  const int64_t batch = grad_labels_out.size(0) - num_mix;
+  TORCH_CHECK(batch >= 0, "mix_backward: grad_labels_out must have B + K rows with K = ", num_mix,
+              ", got ", grad_labels_out.size(0));
+  const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
+  check_index_range(i1, "idx1", batch, "mix_backward");
+  check_index_range(i2, "idx2", batch, "mix_backward");
+  const MixInverseIndex inverse = build_inverse_index(i1.data_ptr<int64_t>(), i2.data_ptr<int64_t>(), batch, num_mix);
+  const at::Tensor lam_c = lam.contiguous(), lam_label_c = lam_label.contiguous();
+
+  std::vector<at::Tensor> grad_feats;
+  at::Tensor grad_lam = at::empty({need_lam ? num_modalities : 0, need_lam ? num_mix : 0}, lam.options());
+  for (int64_t m = 0; m < num_modalities; ++m) {
+    at::Tensor grad_x, grad_ratio;
+    mix_one_backward(grad_feats_out[m], need_lam ? feats[m] : at::Tensor(), i1, i2, lam_c[m], inverse,
+                     need_feats ? &grad_x : nullptr, need_lam ? &grad_ratio : nullptr);
+    if (need_feats) grad_feats.push_back(grad_x);
+    if (need_lam) grad_lam[m].copy_(grad_ratio);
+  }
+  at::Tensor grad_labels = at::empty({0}, grad_labels_out.options());
+  at::Tensor grad_lam_label = at::empty({0}, lam_label.options());
+  if (need_labels || need_lam_label)
+    mix_one_backward(grad_labels_out, labels, i1, i2, lam_label_c, inverse,
+                     need_labels ? &grad_labels : nullptr, need_lam_label ? &grad_lam_label : nullptr);
+  return {grad_feats, grad_labels, grad_lam, grad_lam_label};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(msmix, CPU, m) {
+  m.impl("mix", &mix_forward_kernel);
+  m.impl("mix_backward", &mix_backward_kernel);
+}
+
+}  // namespace msmix

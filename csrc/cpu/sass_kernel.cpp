@@ -1,0 +1,192 @@
+// SASS on the CPU: normalised similarity S' (SPEC 4.1-4.3) and the draw of
+// K pairs plus their base ratios lam0 (SPEC 4.4-4.6, 5).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "../checks.h"
+#include "../sass_math.h"
+
+namespace msmix {
+namespace {
+
+at::ScalarType accumulate_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Writes the L2-normalised rows of every modality side by side into z
+// [B, sum_m T_m * D_m]. The norm is taken of the row divided by its largest
+// magnitude, so large fp16/bf16/fp32 values cannot overflow the sum of squares.
+template <typename scalar_t, typename acc_t>
+void normalise_rows_kernel(const at::Tensor& rows, at::Tensor& z, int64_t col_offset,
+                           int64_t modality) {
+  const int64_t batch = rows.size(0), width = rows.size(1), z_width = z.size(1);
+  const scalar_t* src = rows.data_ptr<scalar_t>();
+  acc_t* dst = z.data_ptr<acc_t>() + col_offset;
+  std::atomic<bool> non_finite{false};
+  at::parallel_for(0, batch, std::max<int64_t>(1, 32768 / std::max<int64_t>(width, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const scalar_t* x = src + b * width;
+      acc_t max_abs = 0;
+      bool finite = true;
+      for (int64_t c = 0; c < width; ++c) {
+        const acc_t v = static_cast<acc_t>(x[c]);
+        finite = finite && std::isfinite(v);
+        max_abs = std::max(max_abs, std::abs(v));
+      }
+      if (!finite) {
+        non_finite = true;
+        continue;
+      }
+      acc_t sum_sq = 0;
+      if (max_abs > 0) {
+        for (int64_t c = 0; c < width; ++c) {
+          const acc_t v = static_cast<acc_t>(x[c]) / max_abs;
+          sum_sq += v * v;
+        }
+      }
+      const acc_t denom = std::max(max_abs * std::sqrt(sum_sq), acc_t(1e-12));
+      acc_t* out = dst + b * z_width;
+      for (int64_t c = 0; c < width; ++c) out[c] = static_cast<acc_t>(x[c]) / denom;
+    }
+  });
+  TORCH_CHECK(!non_finite, "sass_select: feats[", modality,
+              "] contains NaN or Inf; SASS needs finite features");
+}
+
+template <typename acc_t>
+void normalise_similarity_kernel(at::Tensor& s) {
+  const int64_t batch = s.size(0);
+  acc_t* p = s.data_ptr<acc_t>();
+  acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
+  for (int64_t i = 0; i < batch; ++i)
+    for (int64_t j = 0; j < batch; ++j)
+      if (i != j) {
+        lo = std::min(lo, p[i * batch + j]);
+        hi = std::max(hi, p[i * batch + j]);
+      }
+  at::parallel_for(0, batch, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t j = 0; j < batch; ++j)
+        p[i * batch + j] = normalise_similarity<acc_t>(p[i * batch + j], lo, hi, i == j);
+  });
+}
+
+// S' of SPEC 4.3 in the accumulate dtype. feats are already checked.
+at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
+  const int64_t batch = feats[0].size(0);
+  const auto acc_dtype = accumulate_type(feats[0].scalar_type());
+  std::vector<at::Tensor> rows;
+  int64_t total_width = 0;
+  for (const at::Tensor& f : feats) {
+    rows.push_back(f.reshape({batch, -1}).contiguous());
+    total_width += rows.back().size(1);
+  }
+  at::Tensor z = at::empty({batch, total_width}, feats[0].options().dtype(acc_dtype));
+  int64_t offset = 0;
+  for (size_t m = 0; m < rows.size(); ++m) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows[m].scalar_type(), "normalise_rows", [&] {
+      normalise_rows_kernel<scalar_t, at::opmath_type<scalar_t>>(rows[m], z, offset,
+                                                                 static_cast<int64_t>(m));
+    });
+    offset += rows[m].size(1);
+  }
+  // One GEMM over the concatenated rows: S = Z Z^T / M.
+  at::Tensor s = at::mm(z, z.t()).div_(static_cast<double>(feats.size()));
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "normalise_similarity", [&] { normalise_similarity_kernel<scalar_t>(s); });
+  return s;
+}
+
+at::Tensor similarity_forward_kernel(at::TensorList feats) {
+  const int64_t batch = check_feats(feats, "similarity");
+  TORCH_CHECK(batch >= 2, "similarity: needs a batch of at least 2 samples, got B = ", batch);
+  return normalised_similarity(feats, "similarity");
+}
+
+using KeyedPair = std::pair<uint64_t, int64_t>;  // (priority key, flat index)
+
+// The `count` smallest keyed pairs, in ascending (key, flat) order.
+void keep_smallest(std::vector<KeyedPair>& pairs, int64_t count) {
+  const auto cut = pairs.begin() + std::min<int64_t>(count, static_cast<int64_t>(pairs.size()));
+  std::partial_sort(pairs.begin(), cut, pairs.end());
+  pairs.erase(cut, pairs.end());
+}
+
+template <typename acc_t>
+void select_pairs(const acc_t* s, int64_t batch, int64_t num_mix, acc_t threshold, uint64_t seed,
+                  int64_t* idx1, int64_t* idx2) {
+  std::vector<KeyedPair> valid;
+  for (int64_t i = 0; i < batch; ++i)
+    for (int64_t j = 0; j < batch; ++j)
+      if (i != j && s[i * batch + j] > threshold) {
+        const int64_t flat = i * batch + j;
+        valid.emplace_back(valid_pair_key(seed, flat), flat);
+      }
+  std::vector<int64_t> chosen;
+  if (static_cast<int64_t>(valid.size()) >= num_mix) {
+    keep_smallest(valid, num_mix);
+    for (const KeyedPair& p : valid) chosen.push_back(p.second);
+  } else {
+    // Fallback: the top min(2K, B(B-1)/2) pairs i < j by S', ties by flat index.
+    std::vector<std::pair<acc_t, int64_t>> upper;
+    upper.reserve(batch * (batch - 1) / 2);
+    for (int64_t i = 0; i < batch; ++i)
+      for (int64_t j = i + 1; j < batch; ++j) upper.emplace_back(-s[i * batch + j], i * batch + j);
+    const int64_t num_candidates = fallback_candidates(num_mix, batch);
+    std::partial_sort(upper.begin(), upper.begin() + num_candidates, upper.end());
+    std::vector<KeyedPair> candidates;
+    for (int64_t r = 0; r < num_candidates; ++r)
+      candidates.emplace_back(fallback_pair_key(seed, upper[r].second), upper[r].second);
+    keep_smallest(candidates, num_mix);
+    for (const KeyedPair& p : candidates) chosen.push_back(p.second);
+    for (int64_t r = 0; static_cast<int64_t>(chosen.size()) < num_mix; ++r)
+      chosen.push_back(upper[fallback_extra_rank(seed, r, num_candidates)].second);
+  }
+  for (int64_t k = 0; k < num_mix; ++k) {
+    idx1[k] = pair_row(chosen[k], batch);
+    idx2[k] = pair_col(chosen[k], batch);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sass_select_forward_kernel(
+    at::TensorList feats, int64_t num_mix, double threshold, const at::Tensor& seed_tensor,
+    double alpha) {
+  const int64_t batch = check_sass_args(feats, num_mix, threshold, seed_tensor, alpha, "sass_select");
+  const auto index_options = feats[0].options().dtype(at::kLong);
+  at::Tensor idx1 = at::empty({num_mix}, index_options);
+  at::Tensor idx2 = at::empty({num_mix}, index_options);
+  const auto acc_dtype = accumulate_type(feats[0].scalar_type());
+  at::Tensor lam0 = at::empty({num_mix}, feats[0].options().dtype(acc_dtype));
+  const uint64_t seed = static_cast<uint64_t>(seed_tensor.item<int64_t>());
+
+  const at::Tensor s = normalised_similarity(feats, "sass_select");
+  AT_DISPATCH_FLOATING_TYPES(acc_dtype, "sass_select", [&] {
+    select_pairs<scalar_t>(s.data_ptr<scalar_t>(), batch, num_mix,
+                           static_cast<scalar_t>(threshold), seed, idx1.data_ptr<int64_t>(),
+                           idx2.data_ptr<int64_t>());
+    scalar_t* lam0_ptr = lam0.data_ptr<scalar_t>();
+    at::parallel_for(0, num_mix, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k)
+        lam0_ptr[k] = static_cast<scalar_t>(beta_sample(alpha, seed, static_cast<uint64_t>(k)));
+    });
+  });
+  return {idx1, idx2, lam0};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(msmix, CPU, m) {
+  m.impl("similarity", &similarity_forward_kernel);
+  m.impl("sass_select", &sass_select_forward_kernel);
+}
+
+}  // namespace msmix

@@ -1,0 +1,32 @@
+// Operator schemas, declared once for every backend. Kernels register per
+// dispatch key in csrc/cpu and csrc/cuda; fake kernels and autograd live in
+// msmix_ext/ops.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(msmix, m) {
+  // S' of SPEC 4.3: [B, B], float64 for float64 features, float32 otherwise.
+  m.def("similarity(Tensor[] feats) -> Tensor");
+  // SASS pairs (SPEC 4) and lam0 ~ Beta(alpha, alpha) (SPEC 5), all drawn
+  // from the one int64 seed tensor: (idx1 [K], idx2 [K], lam0 [K]).
+  m.def(
+      "sass_select(Tensor[] feats, int num_mix, float threshold, Tensor seed, float alpha) "
+      "-> (Tensor idx1, Tensor idx2, Tensor lam0)");
+  // SPEC 6: (cat(f_m, mixed_m) for every m, cat(y, mixed_y)).
+  m.def(
+      "mix(Tensor[] feats, Tensor labels, Tensor idx1, Tensor idx2, Tensor lam, "
+      "Tensor lam_label) -> (Tensor[] feats_out, Tensor labels_out)");
+  // Gradients of mix. output_mask = (feats, labels, lam, lam_label); an
+  // unrequested gradient comes back empty ([] or a [0] tensor). feats and
+  // labels are read only for the lam and lam_label gradients.
+  m.def(
+      "mix_backward(Tensor[] grad_feats_out, Tensor grad_labels_out, Tensor[] feats, "
+      "Tensor labels, Tensor idx1, Tensor idx2, Tensor lam, Tensor lam_label, "
+      "bool[4] output_mask) -> (Tensor[] grad_feats, Tensor grad_labels, Tensor grad_lam, "
+      "Tensor grad_lam_label)");
+}
+
+// SASS returns indices and random ratios: nothing to differentiate, even when
+// the features it reads require grad (the usual case in training).
+TORCH_LIBRARY_IMPL(msmix, Autograd, m) {
+  m.impl("sass_select", torch::CppFunction::makeFallthrough());
+}

@@ -1,0 +1,55 @@
+// Index math and random keys of SASS pair selection (SPEC section 4), shared
+// by the CPU and CUDA kernels so that both select the same pairs.
+//
+// Uniform sampling of K items without replacement is done by priority keys:
+// every candidate gets an independent 64-bit random key and the K smallest
+// (key, flat index) win, in ascending key order. That is a uniformly random
+// ordered K-subset, and its shape depends on K alone, never on how many
+// pairs were valid, so no size ever has to leave the device.
+#pragma once
+
+#include "philox.h"
+
+namespace msmix {
+
+// Pairs (i, j) of a [B, B] matrix are addressed by their flat index i * B + j.
+MSMIX_HOST_DEVICE int64_t pair_row(int64_t flat, int64_t batch) { return flat / batch; }
+MSMIX_HOST_DEVICE int64_t pair_col(int64_t flat, int64_t batch) { return flat % batch; }
+
+// Size of the fallback candidate set C: min(2K, B(B-1)/2).
+MSMIX_HOST_DEVICE int64_t fallback_candidates(int64_t num_mix, int64_t batch) {
+  const int64_t unordered = batch * (batch - 1) / 2;
+  return 2 * num_mix < unordered ? 2 * num_mix : unordered;
+}
+
+MSMIX_HOST_DEVICE uint64_t valid_pair_key(uint64_t seed, int64_t flat) {
+  return random_u64(seed, static_cast<uint64_t>(flat), kStreamValidPairKey);
+}
+
+MSMIX_HOST_DEVICE uint64_t fallback_pair_key(uint64_t seed, int64_t flat) {
+  return random_u64(seed, static_cast<uint64_t>(flat), kStreamFallbackKey);
+}
+
+// Draw r (0 <= r < K - |C|) with replacement when |C| < K: a rank in
+// [0, num_candidates) of the candidates ordered by S' descending.
+MSMIX_HOST_DEVICE int64_t fallback_extra_rank(uint64_t seed, int64_t r, int64_t num_candidates) {
+  const Philox4x32 bits = philox4x32_10(seed, static_cast<uint64_t>(r), kStreamFallbackExtra, 0);
+  const int64_t rank = static_cast<int64_t>(bits_to_unit(bits.v[0], bits.v[1]) *
+                                            static_cast<double>(num_candidates));
+  return rank < num_candidates ? rank : num_candidates - 1;
+}
+
+// Strict order of priority keys, ties broken by the smaller flat index.
+MSMIX_HOST_DEVICE bool key_before(uint64_t key_a, int64_t flat_a, uint64_t key_b, int64_t flat_b) {
+  return key_a < key_b || (key_a == key_b && flat_a < flat_b);
+}
+
+// Min-max normalisation of the off-diagonal similarities (SPEC 4.3).
+template <typename acc_t>
+MSMIX_HOST_DEVICE acc_t normalise_similarity(acc_t s, acc_t lo, acc_t hi, bool diagonal) {
+  if (diagonal) return acc_t(0);
+  const acc_t range = hi - lo;
+  return range <= acc_t(1e-8) ? acc_t(0.5) : (s - lo) / range;
+}
+
+}  // namespace msmix

@@ -1,0 +1,109 @@
+"""Fake (meta) kernels and autograd of the torch.ops.msmix operators.
+
+The schemas are declared in csrc/msmix.cpp and the kernels registered per
+device in csrc/cpu and csrc/cuda. This module adds what torch.compile and
+autograd need: shape-only fake kernels, and a backward that is itself an
+operator (msmix::mix_backward) so that compiled graphs can trace it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._build import HAS_EXTENSION
+
+
+def _input_grad_flags(needs_input_grad, num_feats: int) -> tuple[bool, ...]:
+    """(feats, labels, idx1, idx2, lam, lam_label) flags of mix's inputs.
+
+    For a Tensor[] argument autograd reports one flag per tensor, flattened into
+    the sequence; fold the feats' flags back into one.
+    """
+    flags = tuple(needs_input_grad)
+    return (any(flags[:num_feats]), *map(bool, flags[num_feats:num_feats + 5]))
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _mixed_like(t: torch.Tensor, num_mix) -> torch.Tensor:
+    return t.new_empty((t.shape[0] + num_mix, *t.shape[1:]))
+
+
+def _fake_similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    batch = feats[0].shape[0]
+    return feats[0].new_empty((batch, batch), dtype=_accumulate_dtype(feats[0].dtype))
+
+
+def _fake_sass_select(feats, num_mix, threshold, seed, alpha):
+    torch._check(num_mix >= 1, lambda: f"sass_select: num_mix must be >= 1, got {num_mix}")
+    idx = feats[0].new_empty((num_mix,), dtype=torch.long)
+    lam0 = feats[0].new_empty((num_mix,), dtype=_accumulate_dtype(feats[0].dtype))
+    return idx, torch.empty_like(idx), lam0
+
+
+def _fake_mix(feats, labels, idx1, idx2, lam, lam_label):
+    num_mix = idx1.shape[0]
+    return [_mixed_like(f, num_mix) for f in feats], _mixed_like(labels, num_mix)
+
+
+def _fake_mix_backward(grad_feats_out, grad_labels_out, feats, labels, idx1, idx2, lam, lam_label,
+                       output_mask):
+    need_feats, need_labels, need_lam, need_lam_label = output_mask
+    num_mix = idx1.shape[0]
+
+    def unmixed(g: torch.Tensor) -> torch.Tensor:
+        return g.new_empty((g.shape[0] - num_mix, *g.shape[1:]))
+
+    grad_feats = [unmixed(g) for g in grad_feats_out] if need_feats else []
+    grad_labels = unmixed(grad_labels_out) if need_labels else grad_labels_out.new_empty((0,))
+    grad_lam = lam.new_empty(tuple(lam.shape) if need_lam else (0, 0))
+    grad_lam_label = lam_label.new_empty(tuple(lam_label.shape) if need_lam_label else (0,))
+    return grad_feats, grad_labels, grad_lam, grad_lam_label
+
+
+def _setup_mix_context(ctx, inputs, output) -> None:
+    feats, labels, idx1, idx2, lam, lam_label = inputs
+    need_feats, need_labels, _, _, need_lam, need_lam_label = _input_grad_flags(
+        ctx.needs_input_grad, len(feats))
+    ctx.output_mask = [need_feats, need_labels, need_lam, need_lam_label]
+    # feats and labels are read only by the ratio gradients: save them only then.
+    saved_feats = list(feats) if need_lam else []
+    ctx.save_for_backward(*saved_feats, labels if need_lam_label else None, idx1, idx2, lam, lam_label)
+
+
+def _mix_backward(ctx, grad_feats_out, grad_labels_out):
+    *saved_feats, labels, idx1, idx2, lam, lam_label = ctx.saved_tensors
+    if labels is None:
+        labels = grad_labels_out.new_empty((0,))
+    grad_feats_out = [g.contiguous() for g in grad_feats_out]
+    grad_feats, grad_labels, grad_lam, grad_lam_label = torch.ops.msmix.mix_backward(
+        grad_feats_out, grad_labels_out.contiguous(), saved_feats, labels, idx1, idx2, lam,
+        lam_label, ctx.output_mask,
+    )
+    need_feats, need_labels, need_lam, need_lam_label = ctx.output_mask
+    return (
+        grad_feats if need_feats else None,
+        grad_labels if need_labels else None,
+        None,
+        None,
+        grad_lam if need_lam else None,
+        grad_lam_label if need_lam_label else None,
+    )
+
+
+def _similarity_backward(ctx, grad):
+    raise RuntimeError("msmix_ext.similarity is not differentiable; use msmix_ext.reference.similarity "
+                       "for a differentiable S', or detach the features")
+
+
+if HAS_EXTENSION:
+    torch.library.register_fake("msmix::similarity")(_fake_similarity)
+    torch.library.register_fake("msmix::sass_select")(_fake_sass_select)
+    torch.library.register_fake("msmix::mix")(_fake_mix)
+    torch.library.register_fake("msmix::mix_backward")(_fake_mix_backward)
+    torch.library.register_autograd("msmix::mix", _mix_backward, setup_context=_setup_mix_context)
+    torch.library.register_autograd("msmix::similarity", _similarity_backward)
