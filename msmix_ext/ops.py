@@ -86,7 +86,7 @@ def _mix_backward(ctx, grad_feats_out, grad_labels_out):
     )
     need_feats, need_labels, need_lam, need_lam_label = ctx.output_mask
     return (
-        grad_feats if need_feats else None,
+        grad_feats if need_feats else [None] * len(grad_feats_out),
         grad_labels if need_labels else None,
         None,
         None,

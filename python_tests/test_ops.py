@@ -1,0 +1,323 @@
+"""The operators of SPEC 4 and 6 against msmix_ext.reference and autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import msmix_ext as mx
+from msmix_ext import reference as ref
+
+from conftest import requires_extension
+from helpers import chi_square_pvalue, clustered_feats, make_feats
+
+pytestmark = requires_extension
+
+SHAPE_SETS = {
+    "m1_pooled": [(7,)],
+    "m2_mixed": [(5,), (3, 4)],
+    "m3_seq": [(6, 8), (4, 3), (9, 2)],
+    "m4_mixed": [(16,), (2, 5), (3,), (4, 4)],
+}
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10),
+       torch.float16: dict(rtol=1e-2, atol=2e-3), torch.bfloat16: dict(rtol=2e-2, atol=1e-2)}
+
+
+def fixed_pairs(batch, num_mix, num_modalities, device, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    idx1 = torch.randint(batch, (num_mix,), generator=g)
+    idx2 = (idx1 + 1 + torch.randint(batch - 1, (num_mix,), generator=g)) % batch
+    lam = torch.rand(num_modalities, num_mix, generator=g, dtype=torch.float64)
+    return idx1.to(device), idx2.to(device), lam.to(device, dtype), lam.mean(0).to(device, dtype)
+
+
+# --- similarity -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shapes", SHAPE_SETS.values(), ids=SHAPE_SETS.keys())
+@pytest.mark.parametrize("batch", [2, 3, 17, 128, 512])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_similarity_matches_reference(device, shapes, batch, contiguous):
+    feats = make_feats(shapes, batch, device=device, contiguous=contiguous)
+    torch.testing.assert_close(mx.similarity(feats), ref.similarity(feats), rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_similarity_low_and_double_precision(device, dtype):
+    feats = make_feats(SHAPE_SETS["m3_seq"], 33, dtype=dtype, device=device)
+    expected = ref.similarity([f.double() for f in feats])
+    got = mx.similarity(feats)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-10 if dtype == torch.float64 else 1e-5)
+
+
+def test_similarity_by_hand():
+    # Two modalities, three samples; cosine similarities written out by hand.
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b = torch.tensor([[1.0], [1.0], [-1.0]])
+    r = 2 ** -0.5
+    s = torch.tensor([[1 + 1, 0 + 1, r - 1], [0 + 1, 1 + 1, r - 1], [r - 1, r - 1, 1 + 1]]) / 2
+    off = s[~torch.eye(3, dtype=torch.bool)]
+    expected = (s - off.min()) / (off.max() - off.min())
+    expected.fill_diagonal_(0)
+    torch.testing.assert_close(mx.similarity([a, b]), expected)
+
+
+def test_similarity_constant_and_zero_rows(device):
+    same = torch.ones(5, 3, device=device)
+    expected = torch.full((5, 5), 0.5, device=device).fill_diagonal_(0)
+    torch.testing.assert_close(mx.similarity([same]), expected)
+    zeros = torch.zeros(4, 6, device=device)  # the 1e-12 guard: z = 0, S = 0, constant
+    torch.testing.assert_close(mx.similarity([zeros]), torch.full((4, 4), 0.5, device=device).fill_diagonal_(0))
+
+
+def test_similarity_does_not_overflow_large_values(device):
+    feats = [torch.full((4, 8), 6e4, dtype=torch.float16, device=device), torch.randn(4, 3, device=device).half()]
+    feats[0][1] *= -1
+    s = mx.similarity(feats)
+    assert torch.isfinite(s).all()
+    torch.testing.assert_close(s, ref.similarity([f.double() for f in feats]).float(), rtol=1e-3, atol=1e-3)
+
+
+# --- sass_select ------------------------------------------------------------------------------
+
+def _check_pairs_valid(feats, idx1, idx2, num_mix, threshold):
+    s = ref.similarity([f.double().cpu() for f in feats])
+    batch = s.shape[0]
+    i, j = idx1.cpu(), idx2.cpu()
+    assert i.shape == j.shape == (num_mix,) and i.dtype == j.dtype == torch.long
+    assert ((0 <= i) & (i < batch) & (0 <= j) & (j < batch)).all()
+    assert (i != j).all(), "a sample was paired with itself"
+    flat = i * batch + j
+    valid = ref.valid_pairs(s, threshold)
+    if valid.numel() >= num_mix:
+        assert torch.isin(flat, valid).all(), "a pair outside V was drawn"
+        assert flat.unique().numel() == num_mix, "V has enough pairs: draw without replacement"
+    else:
+        cand = ref.fallback_candidates(s, num_mix)
+        assert torch.isin(flat, cand).all(), "a fallback pair outside the top candidates"
+        distinct = min(num_mix, cand.numel())
+        assert flat[:distinct].unique().numel() == distinct, "every candidate once before any repeat"
+        if cand.numel() >= num_mix:
+            assert flat.unique().numel() == num_mix
+
+
+@pytest.mark.parametrize("shapes", SHAPE_SETS.values(), ids=SHAPE_SETS.keys())
+@pytest.mark.parametrize("batch", [2, 3, 10, 64, 300])
+@pytest.mark.parametrize("threshold", [0.0, 0.4, 0.9, 0.999])
+def test_sass_pairs_are_valid(device, shapes, batch, threshold):
+    feats = make_feats(shapes, batch, dtype=torch.float64, device=device, seed=batch)
+    for num_mix in {1, batch, 3 * batch}:
+        for seed in range(3):
+            idx1, idx2 = mx.sass_select(feats, num_mix, threshold, seed=seed)
+            assert idx1.device == feats[0].device
+            _check_pairs_valid(feats, idx1, idx2, num_mix, threshold)
+
+
+def test_sass_fallback_for_tiny_batches_never_pairs_a_sample_with_itself(device):
+    feats = [torch.randn(2, 4, device=device)]
+    idx1, idx2 = mx.sass_select(feats, 5, threshold=0.9, seed=1)  # B = 2: S' = 0.5 < 0.9
+    assert sorted(zip(idx1.tolist(), idx2.tolist()))[0] == (0, 1) and (idx1 == 0).all() and (idx2 == 1).all()
+
+
+def test_sass_fallback_when_too_few_pairs_are_valid(device):
+    # Two tight clusters of sizes 2 and 6 and a high threshold: V holds the
+    # within-cluster pairs (2 + 30 = 32); K = 40 forces the fallback.
+    feats = clustered_feats(8, [(6,)], clusters=2, noise=1e-3, device=device, dtype=torch.float64)
+    feats = [torch.cat([feats[0][:1], feats[0][1::2][:1], feats[0][::2][1:], feats[0][1::2][1:]])]
+    for seed in range(5):
+        idx1, idx2 = mx.sass_select(feats, 40, threshold=0.5, seed=seed)
+        _check_pairs_valid(feats, idx1, idx2, 40, 0.5)
+
+
+def test_sass_draw_is_uniform_over_valid_pairs():
+    feats = clustered_feats(12, [(5,), (3, 2)], clusters=3, noise=0.3, seed=1)
+    s = ref.similarity(feats)
+    valid = ref.valid_pairs(s, 0.4)
+    assert 20 < valid.numel() < 12 * 11, "the test needs a strict subset of pairs to be valid"
+    batch, num_mix, draws = 12, 3, 4000
+    counts = torch.zeros(batch * batch, dtype=torch.long)
+    for seed in range(draws):
+        idx1, idx2 = mx.sass_select(feats, num_mix, 0.4, seed=seed)
+        counts.index_add_(0, idx1 * batch + idx2, torch.ones(num_mix, dtype=torch.long))
+    assert counts.sum() == counts[valid].sum(), "every draw lies in V"
+    # Without replacement every valid pair is included with probability K / |V|.
+    p = chi_square_pvalue(counts[valid], draws * num_mix / valid.numel())
+    assert p > 1e-3, f"pair frequencies are not uniform over V (chi-square p = {p:.2e})"
+
+
+def test_sass_fallback_draw_is_uniform_over_candidates():
+    feats = make_feats([(4,)], 9, seed=3)
+    s = ref.similarity(feats)
+    num_mix, draws = 5, 3000
+    cand = ref.fallback_candidates(s, num_mix)  # 10 candidates
+    assert ref.valid_pairs(s, 0.999).numel() < num_mix
+    counts = torch.zeros(81, dtype=torch.long)
+    for seed in range(draws):
+        idx1, idx2 = mx.sass_select(feats, num_mix, 0.999, seed=seed)
+        counts.index_add_(0, idx1 * 9 + idx2, torch.ones(num_mix, dtype=torch.long))
+    assert counts.sum() == counts[cand].sum()
+    assert chi_square_pvalue(counts[cand], draws * num_mix / cand.numel()) > 1e-3
+
+
+def test_sass_seed_determinism(device):
+    feats = make_feats(SHAPE_SETS["m3_seq"], 40, device=device)
+    a = mx.sass_select(feats, 40, seed=7)
+    b = mx.sass_select(feats, 40, seed=7)
+    c = mx.sass_select(feats, 40, seed=8)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not (torch.equal(a[0], c[0]) and torch.equal(a[1], c[1]))
+    d = mx.sass_select(feats, 40, seed=torch.tensor(7))
+    assert torch.equal(a[0], d[0]) and torch.equal(a[1], d[1])
+
+
+def test_sass_pairs_identical_across_devices():
+    if len(pytest.importorskip("conftest").DEVICES) < 2:
+        pytest.skip("needs CUDA")
+    feats = clustered_feats(96, [(8,), (4, 6), (5,)], clusters=6, noise=0.02, seed=5)
+    for threshold, num_mix in [(0.4, 96), (0.4, 5000), (0.0, 300)]:
+        for seed in range(4):
+            cpu = mx.sass_select(feats, num_mix, threshold, seed=seed)
+            gpu = mx.sass_select([f.cuda() for f in feats], num_mix, threshold, seed=seed)
+            assert torch.equal(cpu[0], gpu[0].cpu()) and torch.equal(cpu[1], gpu[1].cpu())
+
+
+def test_lam0_is_beta_distributed():
+    feats = make_feats([(4,)], 8)
+    for alpha in [0.2, 1.0, 2.0, 5.0]:
+        lam0 = torch.ops.msmix.sass_select(feats, 20000, 0.4, torch.tensor(11), alpha)[2].double()
+        assert ((lam0 >= 0) & (lam0 <= 1)).all()
+        var = 1 / (4 * (2 * alpha + 1))  # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1))
+        assert abs(lam0.mean().item() - 0.5) < 4 * (var / 20000) ** 0.5
+        assert abs(lam0.var().item() / var - 1) < 0.05
+        # Kolmogorov-Smirnov against the exact Beta CDF (regularised incomplete beta).
+        beta = torch.distributions.Beta(torch.tensor(alpha, dtype=torch.float64), torch.tensor(alpha, dtype=torch.float64))
+        grid = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+        empirical = (lam0[None, :] <= grid[:, None]).double().mean(1)
+        reference = (beta.sample((200000,))[None, :] <= grid[:, None]).double().mean(1)
+        assert (empirical - reference).abs().max() < 0.02
+
+
+# --- mix ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shapes", SHAPE_SETS.values(), ids=SHAPE_SETS.keys())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("label_shape", [(), (1,)])
+def test_mix_forward_backward_match_autograd(device, shapes, dtype, contiguous, label_shape):
+    batch, num_mix = 13, 21
+    feats = [f.requires_grad_() for f in make_feats(shapes, batch, dtype=dtype, device=device, contiguous=contiguous)]
+    labels = torch.randn(batch, *label_shape, device=device, requires_grad=True)
+    idx1, idx2, lam, lam_label = fixed_pairs(batch, num_mix, len(shapes), device)
+    lam.requires_grad_()
+    lam_label.requires_grad_()
+    out_feats, out_labels = mx.mix(feats, labels, idx1, idx2, lam, lam_label)
+    # The independent computation: autograd through the reference formula in float64.
+    inputs = [*feats, labels, lam, lam_label]
+    exact = [t.detach().double().requires_grad_() for t in inputs]
+    m = len(feats)
+    exp_feats, exp_labels = ref.mix(exact[:m], exact[m], idx1, idx2, exact[m + 1], exact[m + 2])
+    for o, e in zip(out_feats, exp_feats):
+        assert o.shape == e.shape and o.dtype == dtype
+        torch.testing.assert_close(o.double(), e.detach(), **TOL[dtype])
+    torch.testing.assert_close(out_labels.double(), exp_labels.detach(), **TOL[torch.float32])
+    weights = [torch.randn(o.shape, dtype=torch.float64, device=device) for o in [*out_feats, out_labels]]
+    got = torch.autograd.grad(sum((w.to(o.dtype) * o).sum() for w, o in zip(weights, [*out_feats, out_labels])), inputs)
+    want = torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, [*exp_feats, exp_labels])), exact)
+    # Low-precision gradients carry the rounding of the weights and of the result (8 or 11 bits).
+    grad_tol = {torch.float16: dict(rtol=1e-2, atol=1e-2), torch.bfloat16: dict(rtol=2e-2, atol=6e-2)}
+    for name, g, w in zip(["feats"] * m + ["labels", "lam", "lam_label"], got, want):
+        tol = grad_tol.get(dtype, TOL[torch.float32]) if name in ("feats", "lam") else TOL[torch.float32]
+        torch.testing.assert_close(g.double(), w, **tol, msg=lambda msg: f"gradient of {name}: {msg}")
+
+
+def test_mix_only_requested_gradients(device):
+    feats = make_feats([(4,), (2, 3)], 6, device=device)
+    labels = torch.randn(6, device=device)
+    idx1, idx2, lam, lam_label = fixed_pairs(6, 4, 2, device)
+    lam.requires_grad_()
+    out_feats, _ = mx.mix(feats, labels, idx1, idx2, lam, lam_label)
+    (g,) = torch.autograd.grad(out_feats[1].sum(), [lam])
+    want = (feats[1][idx1] - feats[1][idx2]).sum(dim=(1, 2))
+    torch.testing.assert_close(g[1], want)
+    torch.testing.assert_close(g[0], torch.zeros_like(g[0]))
+
+
+def test_mix_gradcheck(device):
+    feats = [f.requires_grad_() for f in make_feats([(3,), (2, 2)], 5, dtype=torch.float64, device=device)]
+    labels = torch.randn(5, 1, dtype=torch.float64, device=device, requires_grad=True)
+    idx1, idx2, lam, lam_label = fixed_pairs(5, 7, 2, device, dtype=torch.float64)
+    lam.requires_grad_()
+    lam_label.requires_grad_()
+
+    def fn(f0, f1, y, lam, lam_label):
+        out, out_y = mx.mix([f0, f1], y, idx1, idx2, lam, lam_label)
+        return (*out, out_y)
+
+    assert torch.autograd.gradcheck(fn, (*feats, labels, lam, lam_label))
+
+
+def test_mix_backward_is_deterministic(device):
+    feats = [f.requires_grad_() for f in make_feats([(64,)], 50, device=device)]
+    labels = torch.randn(50, device=device)
+    idx1, idx2, lam, lam_label = fixed_pairs(50, 400, 1, device)
+    grads = []
+    with torch.autograd.set_grad_enabled(True):
+        torch.use_deterministic_algorithms(True)
+        try:
+            for _ in range(3):
+                out, _ = mx.mix(feats, labels, idx1, idx2, lam, lam_label)
+                grads.append(torch.autograd.grad(out[0].pow(2).sum(), feats)[0])
+        finally:
+            torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+# --- opcheck ---------------------------------------------------------------------------------------
+
+def test_opcheck_all_ops(device):
+    feats = make_feats([(5,), (3, 4)], 9, device=device)
+    seed = torch.tensor(3)
+    opcheck(torch.ops.msmix.similarity.default, (feats,))
+    opcheck(torch.ops.msmix.sass_select.default, (feats, 6, 0.4, seed, 2.0))
+    opcheck(torch.ops.msmix.sass_select.default, ([f.requires_grad_() for f in feats], 6, 0.4, seed, 2.0))
+    for dtype in [torch.float32, torch.float64]:
+        fs = [f.detach().to(dtype).requires_grad_() for f in feats]
+        labels = torch.randn(9, device=device, dtype=dtype, requires_grad=True)
+        idx1, idx2, lam, lam_label = fixed_pairs(9, 6, 2, device, dtype=dtype)
+        opcheck(torch.ops.msmix.mix.default, (fs, labels, idx1, idx2, lam.requires_grad_(), lam_label.requires_grad_()))
+        opcheck(torch.ops.msmix.mix.default, ([f.detach() for f in fs], labels.detach(), idx1, idx2, lam.detach(), lam_label.detach()))
+        grads = [torch.randn(15, *f.shape[1:], device=device, dtype=dtype) for f in fs]
+        opcheck(torch.ops.msmix.mix_backward.default,
+                (grads, torch.randn(15, device=device, dtype=dtype), [f.detach() for f in fs], labels.detach(),
+                 idx1, idx2, lam.detach(), lam_label.detach(), [True, True, True, True]))
+        opcheck(torch.ops.msmix.mix_backward.default,
+                (grads, torch.randn(15, device=device, dtype=dtype), [], labels.detach()[:0],
+                 idx1, idx2, lam.detach(), lam_label.detach(), [True, False, False, False]))
+
+
+# --- torch.compile ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph_matches_eager(device, dynamic):
+    torch._dynamo.reset()
+
+    def step(f0, f1, labels, lam_scale):
+        idx1, idx2 = mx.sass_select([f0, f1], 12, 0.3, seed=5)
+        lam = torch.sigmoid(lam_scale)[:, None].expand(2, 12)
+        out, out_y = mx.mix([f0, f1], labels, idx1, idx2, lam, lam.mean(0))
+        return out[0].square().sum() + out[1].sum() + out_y.sum(), idx1, idx2
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=dynamic)
+    for batch in ([10, 14] if dynamic else [10]):
+        f0, f1 = (f.requires_grad_() for f in make_feats([(4,), (3, 2)], batch, device=device))
+        labels = torch.randn(batch, device=device)
+        scale = torch.randn(2, device=device, requires_grad=True)
+        loss, i1, i2 = step(f0, f1, labels, scale)
+        closs, ci1, ci2 = compiled(f0, f1, labels, scale)
+        assert torch.equal(i1, ci1) and torch.equal(i2, ci2)
+        torch.testing.assert_close(closs, loss)
+        g = torch.autograd.grad(loss, [f0, f1, scale])
+        cg = torch.autograd.grad(closs, [f0, f1, scale])
+        for a, b in zip(g, cg):
+            torch.testing.assert_close(a, b)
