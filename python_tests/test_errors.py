@@ -1,0 +1,103 @@
+"""Every bad input fails with a message that names the argument and the expectation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import msmix_ext as mx
+
+from conftest import requires_extension
+
+pytestmark = requires_extension
+
+
+def _feats():
+    return [torch.randn(6, 4), torch.randn(6, 2, 3)]
+
+
+def _mix_args(**override):
+    args = dict(feats=_feats(), labels=torch.randn(6), idx1=torch.tensor([0, 1, 2]), idx2=torch.tensor([3, 4, 5]),
+                lam=torch.rand(2, 3), lam_label=torch.rand(3))
+    args.update(override)
+    return args
+
+
+SASS_CASES = {
+    "B < 2": (dict(feats=[torch.randn(1, 4)]), r"at least 2 samples to pair, got B = 1"),
+    "batch sizes disagree": (dict(feats=[torch.randn(6, 4), torch.randn(5, 3)]), r"feats\[1\] must have batch size 6 \(that of feats\[0\]\), got 5"),
+    "M = 0": (dict(feats=[]), r"at least one modality, got M = 0"),
+    "NaN": (dict(feats=[torch.randn(6, 4), torch.tensor(float("nan")).expand(6, 3).clone()]), r"feats\[1\] contains NaN or Inf"),
+    "Inf": (dict(feats=[torch.full((6, 4), float("inf"))]), r"feats\[0\] contains NaN or Inf"),
+    "num_mix < 1": (dict(num_mix=0), r"num_mix must be >= 1, got 0"),
+    "threshold < 0": (dict(threshold=-0.1), r"threshold must be in \[0, 1\), got -0.1"),
+    "threshold >= 1": (dict(threshold=1.0), r"threshold must be in \[0, 1\), got 1"),
+    "integer feats": (dict(feats=[torch.ones(6, 4, dtype=torch.long)]), r"feats\[0\] must be float32, float64, float16 or bfloat16, got Long"),
+    "mixed dtypes": (dict(feats=[torch.randn(6, 4), torch.randn(6, 4).double()]), r"feats\[1\] has dtype Double but feats\[0\] has Float"),
+    "4-D feats": (dict(feats=[torch.randn(6, 2, 2, 2)]), r"feats\[0\] must be \[B, D\] or \[B, T, D\], got 4 dimensions"),
+    "seed out of range": (dict(seed=2**64), r"seed must be in \[0, 2\*\*63 - 1\]"),
+    "seed negative": (dict(seed=-5), r"seed must be in \[0, 2\*\*63 - 1\]"),
+    "seed float": (dict(seed=1.5), r"seed must be an int or an int64 tensor"),
+    "single tensor": (dict(feats=torch.randn(6, 4)), r"feats must be a sequence of M tensors"),
+}
+
+
+@pytest.mark.parametrize("case", SASS_CASES.keys())
+def test_sass_select_errors(case):
+    override, message = SASS_CASES[case]
+    args = dict(feats=_feats(), num_mix=4, threshold=0.4, seed=0)
+    args.update(override)
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=message):
+        mx.sass_select(**args)
+
+
+def test_similarity_errors():
+    with pytest.raises(RuntimeError, match=r"similarity: needs a batch of at least 2 samples, got B = 1"):
+        mx.similarity([torch.randn(1, 3)])
+    with pytest.raises(RuntimeError, match=r"similarity: feats\[0\] must be float32"):
+        mx.similarity([torch.ones(3, 3, dtype=torch.int32)])
+
+
+MIX_CASES = {
+    "lam shape": (dict(lam=torch.rand(3, 3)), r"lam must be \[M, K\] = \[2, 3\], got \[3, 3\]"),
+    "lam_label shape": (dict(lam_label=torch.rand(4)), r"lam_label must be \[K\] = \[3\], got \[4\]"),
+    "idx2 length": (dict(idx2=torch.tensor([0, 1])), r"idx2 must be \[K\] with K = 3, got \[2\]"),
+    "idx dtype": (dict(idx1=torch.tensor([0, 1, 2], dtype=torch.int32)), r"idx1 must be int64, got Int"),
+    "index out of range": (dict(idx1=torch.tensor([0, 6, 2])), r"idx1\[1\] = 6 is out of range for a batch of B = 6"),
+    "negative index": (dict(idx2=torch.tensor([0, -1, 2])), r"idx2\[1\] = -1 is out of range"),
+    "labels batch": (dict(labels=torch.randn(5)), r"labels must be \[B\] or \[B, ...\] with B = 6, got \[5\]"),
+    "integer labels": (dict(labels=torch.ones(6, dtype=torch.long)), r"labels must be a floating tensor, got Long"),
+    "lam dtypes differ": (dict(lam_label=torch.rand(3).double()), r"lam_label has dtype Double but lam has Float"),
+    "integer lam": (dict(lam=torch.ones(2, 3, dtype=torch.long)), r"lam must be floating, got Long"),
+    "batch sizes disagree": (dict(feats=[torch.randn(6, 4), torch.randn(7, 3)]), r"feats\[1\] must have batch size 6"),
+    "M = 0": (dict(feats=[], lam=torch.rand(0, 3)), r"at least one modality, got M = 0"),
+    "mixed dtypes": (dict(feats=[torch.randn(6, 4), torch.randn(6, 3).half()]), r"feats\[1\] has dtype Half but feats\[0\] has Float"),
+    "non-floating feats": (dict(feats=[torch.ones(6, 4, dtype=torch.int64), torch.ones(6, 3, dtype=torch.int64)]), r"feats\[0\] must be float32"),
+}
+
+
+@pytest.mark.parametrize("case", MIX_CASES.keys())
+def test_mix_errors(case):
+    override, message = MIX_CASES[case]
+    with pytest.raises((RuntimeError, ValueError), match=message):
+        mx.mix(**_mix_args(**override))
+
+
+def test_mixed_devices_error():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a second device")
+    with pytest.raises(RuntimeError, match=r"all tensors must be on one device"):
+        mx.mix(**_mix_args(lam=torch.rand(2, 3, device="cuda")))
+
+
+def test_similarity_backward_is_refused_clearly():
+    feats = [torch.randn(5, 3, requires_grad=True)]
+    s = mx.similarity(feats)
+    with pytest.raises(RuntimeError, match=r"similarity is not differentiable"):
+        s.sum().backward()
+
+
+def test_sass_select_accepts_features_that_require_grad():
+    feats = [f.requires_grad_() for f in _feats()]
+    idx1, idx2 = mx.sass_select(feats, 4)
+    assert not idx1.requires_grad and idx1.dtype == torch.long
