@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._types import MixOutput
+from .augment import no_mix
 from .mixing import fused_mix
 from .sig import IntensityPredictor, sentiment_alignment_loss
 
@@ -58,19 +59,12 @@ class MSMix(nn.Module):
                 seed: int | torch.Tensor | None = None) -> tuple[MixOutput, torch.Tensor]:
         feats = list(feats)
         if not self.training:
-            return _passthrough(feats, labels), labels.new_zeros(())
+            return no_mix(feats, labels), labels.new_zeros(())
         intensities = self.intensities(feats, masks)
         sal = sentiment_alignment_loss(intensities, labels, self.max_intensity, self.sal_scale)
         out = fused_mix(feats, labels, intensities, num_mix=self.num_mix, threshold=self.threshold,
                         alpha=self.alpha, seed=seed)
         return out, sal
-
-
-def _passthrough(feats: list[torch.Tensor], labels: torch.Tensor) -> MixOutput:
-    empty_idx = torch.empty(0, dtype=torch.long, device=labels.device)
-    empty = labels.new_empty((0,))
-    return MixOutput(feats, labels, empty_idx, empty_idx, labels.new_empty((len(feats), 0)), empty,
-                     labels[empty_idx], labels[empty_idx], empty)
 
 
 def msmix_objective(pred: torch.Tensor, out: MixOutput, labels: torch.Tensor, sal: torch.Tensor,
