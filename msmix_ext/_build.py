@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch  # noqa: F401  (loads libc10/libtorch_cpu, which _C links against without an rpath)
+
 try:
     from . import _C  # noqa: F401  (registers torch.ops.msmix.*)
 
