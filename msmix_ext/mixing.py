@@ -141,8 +141,8 @@ def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor,
     idx1, idx2, lam0 = torch.ops.msmix.sass_select(feats, num_mix, float(threshold), seed, float(alpha))
     lam, lam_label = mix_ratios(intensities, idx1, idx2, lam0)
     feats_out, labels_out = torch.ops.msmix.mix(feats, labels, idx1, idx2, lam, lam_label)
-    return MixOutput(list(feats_out), labels_out, idx1, idx2, lam, lam_label, labels[idx1], labels[idx2],
-                     lam0)
+    return MixOutput(list(feats_out), labels_out, idx1, idx2, lam, lam_label, labels.index_select(0, idx1),
+                     labels.index_select(0, idx2), lam0)
 
 
 def combine_masks(masks: Sequence[torch.Tensor | None], out: MixOutput) -> list[torch.Tensor | None]:

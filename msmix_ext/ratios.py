@@ -47,6 +47,6 @@ def mix_ratios(intensities: torch.Tensor, idx1: torch.Tensor, idx2: torch.Tensor
         raise ValueError(f"idx1, idx2 and lam0 must all be [K], got {list(idx1.shape)}, "
                          f"{list(idx2.shape)}, {list(lam0.shape)}")
     w = intensity_weights(intensities)
-    w1, w2 = w[:, idx1], w[:, idx2]
+    w1, w2 = w.index_select(1, idx1), w.index_select(1, idx2)
     lam = (lam0.to(w.dtype) + (w1 + 1e-8) / (w1 + w2 + 2e-8)) / 2
     return lam, lam.mean(dim=0)

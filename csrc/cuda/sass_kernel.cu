@@ -1,0 +1,550 @@
+// SASS on CUDA: normalised similarity S' (SPEC 4.1-4.3) and the draw of K
+// pairs plus their base ratios lam0 (SPEC 4.4-4.6, 5). Same Philox keys,
+// same (key, flat index) order and same fallback as csrc/cpu/sass_kernel.cpp,
+// so both devices pick the same pairs for the same inputs and seed.
+//
+// Nothing is read back to the host: the number of valid pairs stays on the
+// device, both the valid-pair draw and the fallback draw are prepared, and
+// the last kernel picks one. Output shapes depend on K alone, so a training
+// step that calls sass_select can be captured in a CUDA graph.
+//
+// Launches per call. similarity: M row normalisations (one per modality of
+// non-zero width) + Gram + reduction + normalisation = M + 3.
+// sass_select: M + Gram + reduction + pair keys + fallback keys + selection =
+// M + 5, plus three at::sort calls: one over the two rows of B*B pair keys,
+// two over the C = min(2K, B(B-1)/2) fallback candidates. A sort of rows up
+// to 4096 long is 3 launches (M + 14 in all for B <= 64 and C <= 4096);
+// longer rows take a cub radix sort, about a dozen launches.
+//
+// S = Z Z^T is a hand-written Gram kernel rather than at::mm: its sums run in
+// a fixed order (deterministic without CUBLAS_WORKSPACE_CONFIG, which at::mm
+// demands under torch.use_deterministic_algorithms), it never uses TF32
+// (which would move similarities near the threshold away from the CPU's), and
+// it fills only the upper triangle of tiles, mirrored, so S is exactly
+// symmetric.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+#include "../sass_math.h"
+#include "cuda_common.cuh"
+
+namespace msmix {
+namespace {
+
+using gpu::block_reduce;
+using gpu::ceil_div;
+using gpu::kWarpSize;
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxGridBlocks = 1024;     // grid-stride kernels over the B*B pairs
+constexpr int kGramTile = 64;                // Gram output tile: kGramTile x kGramTile
+constexpr int kGramDepth = 16;               // columns of z staged per step
+constexpr int kGramThreads = 256;            // 16 x 16 threads, 4 x 4 outputs each
+constexpr int64_t kGramTargetBlocks = 512;   // split the columns up to about this many blocks
+constexpr int64_t kGramMinColumns = 256;     // but give every split at least this many columns
+constexpr int64_t kExcludedKey = std::numeric_limits<int64_t>::max();
+
+at::ScalarType accumulate_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+int64_t grid_for(int64_t n) {
+  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(n, kThreads), kMaxGridBlocks));
+}
+
+// The call's seed: read by the kernels from the device tensor (no sync), or
+// read on the host from a CPU tensor (a plain memory read, no sync either).
+struct SeedArg {
+  const int64_t* device_ptr;
+  int64_t host_value;
+  __device__ __forceinline__ uint64_t get() const {
+    return static_cast<uint64_t>(device_ptr != nullptr ? *device_ptr : host_value);
+  }
+};
+
+SeedArg make_seed_arg(const at::Tensor& seed) {
+  if (seed.is_cpu()) return SeedArg{nullptr, *seed.const_data_ptr<int64_t>()};
+  return SeedArg{seed.const_data_ptr<int64_t>(), 0};
+}
+
+// A uint64 priority key as an int64 with the same order (sign bit flipped),
+// so that at::sort on int64 orders by key; a stable sort of an array laid out
+// in flat order then orders by (key, flat index), as the CPU does.
+__device__ __forceinline__ int64_t ordered_key(uint64_t key) {
+  return static_cast<int64_t>(key ^ (uint64_t{1} << 63));
+}
+
+// Sort key that orders similarities from largest to smallest: -0 ties with
+// +0 (they compare equal on the CPU), NaN (non-finite features) ranks after
+// every number, and every key stays below kExcludedKey.
+__device__ __forceinline__ int64_t descending_key(double s) {
+  uint64_t ascending;
+  if (isnan(s)) {
+    ascending = 1;  // below -inf, whose ascending code is 0x000FFFFFFFFFFFFF
+  } else {
+    if (s == 0.0) s = 0.0;
+    const uint64_t bits = static_cast<uint64_t>(__double_as_longlong(s));
+    ascending = (bits >> 63) != 0 ? ~bits : bits | (uint64_t{1} << 63);
+  }
+  return static_cast<int64_t>(~ascending ^ (uint64_t{1} << 63));
+}
+
+// normalise_similarity of sass_math.h, except that NaN (a sample with
+// non-finite features) stays NaN even when every other entry is NaN too.
+template <typename acc_t>
+__device__ __forceinline__ acc_t normalised(acc_t s, acc_t lo, acc_t hi, bool diagonal) {
+  return !diagonal && isnan(s) ? s : normalise_similarity<acc_t>(s, lo, hi, diagonal);
+}
+
+// The min and max of the off-diagonal of S from the per-block bounds
+// [count, 2] of similarity_reduce_kernel. Every thread of the block calls it.
+template <typename acc_t>
+__device__ void reduce_bounds(const acc_t* bounds, int64_t count, acc_t* shared, acc_t& lo,
+                              acc_t& hi) {
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  lo = kInf;
+  hi = -kInf;
+  for (int64_t g = threadIdx.x; g < count; g += blockDim.x) {
+    lo = gpu::MinOp<acc_t>()(lo, bounds[2 * g]);
+    hi = gpu::MaxOp<acc_t>()(hi, bounds[2 * g + 1]);
+  }
+  lo = block_reduce(lo, gpu::MinOp<acc_t>(), kInf, shared);
+  hi = block_reduce(hi, gpu::MaxOp<acc_t>(), -kInf, shared);
+}
+
+// One block per row: the row divided by its largest magnitude, then by the
+// norm of that, so large fp16/bf16/fp32 values cannot overflow the sum of
+// squares (as on the CPU). Written into z at the modality's column offset.
+template <typename scalar_t, typename acc_t>
+__global__ void normalise_rows_kernel(const scalar_t* __restrict__ src, int64_t width,
+                                      acc_t* __restrict__ z, int64_t z_width) {
+  __shared__ acc_t shared[kWarpSize + 1];
+  const scalar_t* x = src + static_cast<int64_t>(blockIdx.x) * width;
+  acc_t* out = z + static_cast<int64_t>(blockIdx.x) * z_width;
+  acc_t max_abs = 0;
+  bool finite = true;
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
+    const acc_t v = static_cast<acc_t>(x[c]);
+    finite = finite && isfinite(v);
+    const acc_t magnitude = v < acc_t(0) ? -v : v;
+    max_abs = magnitude > max_abs ? magnitude : max_abs;
+  }
+  // The CPU rejects NaN/Inf features; a check here would need a host sync.
+  // Such a row becomes NaN instead: its similarities are NaN, so it is never
+  // a valid pair and ranks last among the fallback candidates.
+  if (!__syncthreads_and(finite)) {
+    for (int64_t c = threadIdx.x; c < width; c += blockDim.x)
+      out[c] = std::numeric_limits<acc_t>::quiet_NaN();
+    return;
+  }
+  max_abs = block_reduce(max_abs, gpu::MaxOp<acc_t>(), acc_t(0), shared);
+  acc_t sum_sq = 0;
+  if (max_abs > acc_t(0)) {
+    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
+      const acc_t v = static_cast<acc_t>(x[c]) / max_abs;
+      sum_sq += v * v;
+    }
+  }
+  sum_sq = block_reduce(sum_sq, gpu::SumOp<acc_t>(), acc_t(0), shared);
+  const acc_t norm = max_abs * sqrt(sum_sq);
+  const acc_t denom = norm > acc_t(1e-12) ? norm : acc_t(1e-12);
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x)
+    out[c] = static_cast<acc_t>(x[c]) / denom;
+}
+
+// partial[split] = Z[:, cols] Z[:, cols]^T over the split's columns. Block
+// (tile_i <= tile_j, split) computes one 64x64 tile and mirrors it; the
+// products z_i z_j and z_j z_i are the same, so S is exactly symmetric.
+template <typename acc_t>
+__global__ void __launch_bounds__(kGramThreads)
+    gram_partial_kernel(const acc_t* __restrict__ z, int64_t batch, int64_t width, int64_t chunk,
+                        int64_t num_tiles, acc_t* __restrict__ partial) {
+  __shared__ acc_t a_tile[kGramDepth][kGramTile + 2];
+  __shared__ acc_t b_tile[kGramDepth][kGramTile + 2];
+  int64_t linear = blockIdx.x, tile_i = 0;
+  while (linear >= num_tiles - tile_i) {
+    linear -= num_tiles - tile_i;
+    ++tile_i;
+  }
+  const int64_t tile_j = tile_i + linear;
+  const int64_t i0 = tile_i * kGramTile, j0 = tile_j * kGramTile;
+  const int64_t col_begin = static_cast<int64_t>(blockIdx.y) * chunk;
+  const int64_t col_end = min(width, col_begin + chunk);
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+
+  acc_t acc[4][4];
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) acc[a][b] = 0;
+
+  for (int64_t k0 = col_begin; k0 < col_end; k0 += kGramDepth) {
+#pragma unroll
+    for (int q = 0; q < kGramTile * kGramDepth / kGramThreads; ++q) {
+      const int lin = tid + q * kGramThreads;
+      const int r = lin / kGramDepth, kk = lin % kGramDepth;
+      const int64_t col = k0 + kk;
+      const bool in_cols = col < col_end;
+      a_tile[kk][r] = in_cols && i0 + r < batch ? z[(i0 + r) * width + col] : acc_t(0);
+      b_tile[kk][r] = in_cols && j0 + r < batch ? z[(j0 + r) * width + col] : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kGramDepth; ++kk) {
+      acc_t a[4], b[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        a[q] = a_tile[kk][ty + 16 * q];
+        b[q] = b_tile[kk][tx + 16 * q];
+      }
+#pragma unroll
+      for (int p = 0; p < 4; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[p][q] = fma(a[p], b[q], acc[p][q]);
+    }
+    __syncthreads();
+  }
+
+  acc_t* out = partial + static_cast<int64_t>(blockIdx.y) * batch * batch;
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t i = i0 + ty + 16 * p, j = j0 + tx + 16 * q;
+      if (i < batch && j < batch) {
+        out[i * batch + j] = acc[p][q];
+        if (tile_i != tile_j) out[j * batch + i] = acc[p][q];
+      }
+    }
+  }
+}
+
+// S = (sum of the splits, in split order) / M, written over `s` (which may be
+// `partial` itself when there is one split: each element is read, then
+// written, by the same thread). Also the per-block min and max of the
+// off-diagonal; NaN entries (non-finite features) are left out.
+template <typename acc_t>
+__global__ void similarity_reduce_kernel(const acc_t* partial, int64_t splits, int64_t batch,
+                                         acc_t num_modalities, acc_t* s, acc_t* bounds) {
+  __shared__ acc_t shared[kWarpSize + 1];
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  const int64_t n = batch * batch;
+  acc_t lo = kInf, hi = -kInf;
+  for (int64_t flat = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; flat < n;
+       flat += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    acc_t v = partial[flat];
+    for (int64_t split = 1; split < splits; ++split) v += partial[split * n + flat];
+    v = v / num_modalities;
+    s[flat] = v;
+    if (pair_row(flat, batch) != pair_col(flat, batch)) {
+      lo = gpu::MinOp<acc_t>()(lo, v);
+      hi = gpu::MaxOp<acc_t>()(hi, v);
+    }
+  }
+  lo = block_reduce(lo, gpu::MinOp<acc_t>(), kInf, shared);
+  hi = block_reduce(hi, gpu::MaxOp<acc_t>(), -kInf, shared);
+  if (threadIdx.x == 0) {
+    bounds[2 * blockIdx.x] = lo;
+    bounds[2 * blockIdx.x + 1] = hi;
+  }
+}
+
+// S' = min-max normalised S with a zero diagonal (SPEC 4.3), in place.
+template <typename acc_t>
+__global__ void normalise_similarity_kernel(acc_t* s, const acc_t* bounds, int64_t num_bounds,
+                                            int64_t batch) {
+  __shared__ acc_t shared[kWarpSize + 1];
+  acc_t lo, hi;
+  reduce_bounds(bounds, num_bounds, shared, lo, hi);
+  const int64_t n = batch * batch;
+  for (int64_t flat = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; flat < n;
+       flat += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    s[flat] = normalised<acc_t>(s[flat], lo, hi, pair_row(flat, batch) == pair_col(flat, batch));
+  }
+}
+
+// For every pair (i, j) of flat index i * B + j:
+//   valid_keys[flat]    = ordered Philox key if S'_ij > threshold and i != j, else kExcludedKey;
+//   fallback_keys[flat] = descending_key(S'_ij) if i < j, else kExcludedKey.
+// counts[block] = (valid pairs, valid pairs whose key is all ones): the
+// latter tie with kExcludedKey (probability 2^-64 per pair) and are placed
+// by select_pairs_kernel.
+template <typename acc_t>
+__global__ void pair_keys_kernel(const acc_t* s, const acc_t* bounds, int64_t num_bounds,
+                                 int64_t batch, acc_t threshold, SeedArg seed_arg,
+                                 int64_t* __restrict__ valid_keys,
+                                 int64_t* __restrict__ fallback_keys, int64_t* __restrict__ counts) {
+  __shared__ acc_t shared[kWarpSize + 1];
+  __shared__ int64_t shared_count[kWarpSize + 1];
+  acc_t lo, hi;
+  reduce_bounds(bounds, num_bounds, shared, lo, hi);
+  const uint64_t seed = seed_arg.get();
+  const int64_t n = batch * batch;
+  int64_t valid = 0, valid_all_ones = 0;
+  for (int64_t flat = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; flat < n;
+       flat += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = pair_row(flat, batch), j = pair_col(flat, batch);
+    const acc_t similarity = normalised<acc_t>(s[flat], lo, hi, i == j);
+    int64_t key = kExcludedKey;
+    if (i != j && similarity > threshold) {  // NaN compares false: never valid
+      const uint64_t random_key = valid_pair_key(seed, flat);
+      key = ordered_key(random_key);
+      ++valid;
+      if (random_key == std::numeric_limits<uint64_t>::max()) ++valid_all_ones;
+    }
+    valid_keys[flat] = key;
+    fallback_keys[flat] = i < j ? descending_key(static_cast<double>(similarity)) : kExcludedKey;
+  }
+  valid = block_reduce(valid, gpu::SumOp<int64_t>(), int64_t{0}, shared_count);
+  valid_all_ones = block_reduce(valid_all_ones, gpu::SumOp<int64_t>(), int64_t{0}, shared_count);
+  if (threadIdx.x == 0) {
+    counts[2 * blockIdx.x] = valid;
+    counts[2 * blockIdx.x + 1] = valid_all_ones;
+  }
+}
+
+// Priority keys of the fallback candidates, laid out in ascending flat order
+// so that a stable sort orders them by (key, flat index).
+__global__ void fallback_keys_kernel(const int64_t* __restrict__ candidates, int64_t count,
+                                     SeedArg seed_arg, int64_t* __restrict__ keys) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r < count) keys[r] = ordered_key(fallback_pair_key(seed_arg.get(), candidates[r]));
+}
+
+// Thread k writes pair k and lam0[k]. With at least K valid pairs, pair k is
+// the k-th valid pair in (key, flat) order (SPEC 4.5); otherwise the fallback
+// of SPEC 4.6: the k-th candidate in (key, flat) order, then draws with
+// replacement by S' rank. Both results are ready; the device-side count
+// decides. Every flat index written has i != j, NaN similarities or not.
+template <typename acc_t>
+__global__ void select_pairs_kernel(
+    const int64_t* __restrict__ counts, int64_t num_count_blocks,
+    const int64_t* __restrict__ valid_order, const int64_t* __restrict__ upper_order,
+    const int64_t* __restrict__ candidates, const int64_t* __restrict__ candidate_order,
+    const acc_t* __restrict__ s, const acc_t* __restrict__ bounds, int64_t num_bounds,
+    acc_t threshold, int64_t batch, int64_t num_mix, SeedArg seed_arg, double alpha,
+    int64_t* __restrict__ idx1, int64_t* __restrict__ idx2, acc_t* __restrict__ lam0) {
+  __shared__ int64_t shared[kWarpSize + 1];
+  int64_t valid = 0, valid_all_ones = 0;
+  for (int64_t b = threadIdx.x; b < num_count_blocks; b += blockDim.x) {
+    valid += counts[2 * b];
+    valid_all_ones += counts[2 * b + 1];
+  }
+  valid = block_reduce(valid, gpu::SumOp<int64_t>(), int64_t{0}, shared);
+  valid_all_ones = block_reduce(valid_all_ones, gpu::SumOp<int64_t>(), int64_t{0}, shared);
+  const uint64_t seed = seed_arg.get();
+  const bool use_valid = valid >= num_mix;
+  // The first `ordered` entries of valid_order are valid pairs in (key, flat) order.
+  const int64_t ordered = valid - valid_all_ones;
+
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k < num_mix) {
+    int64_t flat = -1;
+    if (use_valid) {
+      if (k < ordered) flat = valid_order[k];
+    } else {
+      const int64_t num_candidates = fallback_candidates(num_mix, batch);
+      flat = k < num_candidates
+                 ? candidates[candidate_order[k]]
+                 : upper_order[fallback_extra_rank(seed, k - num_candidates, num_candidates)];
+    }
+    if (flat >= 0) {
+      idx1[k] = pair_row(flat, batch);
+      idx2[k] = pair_col(flat, batch);
+    }
+    lam0[k] = static_cast<acc_t>(beta_sample(alpha, seed, static_cast<uint64_t>(k)));
+  }
+
+  // Valid pairs whose key is all ones share their sort key with the excluded
+  // pairs, after which they sort by flat index: walk that tail and keep the
+  // valid ones, which is their (key, flat) order. Practically never runs.
+  if (use_valid && ordered < num_mix && blockIdx.x == 0 && threadIdx.x == 0) {
+    constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+    acc_t lo = kInf, hi = -kInf;
+    for (int64_t g = 0; g < num_bounds; ++g) {
+      lo = gpu::MinOp<acc_t>()(lo, bounds[2 * g]);
+      hi = gpu::MaxOp<acc_t>()(hi, bounds[2 * g + 1]);
+    }
+    const int64_t n = batch * batch;
+    int64_t p = ordered;
+    for (int64_t kk = ordered; kk < num_mix; ++kk) {
+      int64_t flat = 1;  // (0, 1): unreachable, as `valid` counts enough pairs in the tail
+      while (p < n) {
+        const int64_t f = valid_order[p++];
+        const int64_t i = pair_row(f, batch), j = pair_col(f, batch);
+        if (i != j && normalised<acc_t>(s[f], lo, hi, false) > threshold) {
+          flat = f;
+          break;
+        }
+      }
+      idx1[kk] = pair_row(flat, batch);
+      idx2[kk] = pair_col(flat, batch);
+    }
+  }
+}
+
+// S before its min-max normalisation, with the per-block bounds of its
+// off-diagonal.
+struct RawSimilarity {
+  at::Tensor s;       // [B, B]: (1/M) sum_m z_m z_m^T in the accumulate dtype
+  at::Tensor bounds;  // [num_bounds, 2]: per-block (min, max) of the off-diagonal
+  int64_t num_bounds;
+};
+
+RawSimilarity raw_similarity(at::TensorList feats) {
+  const int64_t batch = feats[0].size(0);
+  const auto acc_options = feats[0].options().dtype(accumulate_type(feats[0].scalar_type()));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  std::vector<at::Tensor> rows;
+  int64_t total_width = 0;
+  for (const at::Tensor& f : feats) {
+    rows.push_back(f.reshape({batch, -1}).contiguous());
+    total_width += rows.back().size(1);
+  }
+  at::Tensor z = at::empty({batch, total_width}, acc_options);
+  int64_t offset = 0;
+  for (const at::Tensor& r : rows) {
+    const int64_t width = r.size(1);
+    if (width > 0) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.scalar_type(), "msmix_normalise_rows", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        normalise_rows_kernel<scalar_t, acc_t>
+            <<<static_cast<unsigned>(batch), gpu::row_threads(width), 0, stream>>>(
+                r.const_data_ptr<scalar_t>(), width, z.mutable_data_ptr<acc_t>() + offset,
+                total_width);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    }
+    offset += width;
+  }
+
+  // Split the columns so that small batches with wide rows still fill the GPU;
+  // the splits are summed in a fixed order by similarity_reduce_kernel.
+  const int64_t num_tiles = ceil_div(batch, kGramTile);
+  const int64_t tile_pairs = num_tiles * (num_tiles + 1) / 2;
+  int64_t splits = 1, chunk = kGramDepth;
+  if (total_width > 0) {
+    splits = std::min(ceil_div(kGramTargetBlocks, tile_pairs), ceil_div(total_width, kGramMinColumns));
+    splits = std::max<int64_t>(1, std::min<int64_t>(splits, 65535));
+    chunk = ceil_div(ceil_div(total_width, splits), kGramDepth) * kGramDepth;
+    splits = ceil_div(total_width, chunk);
+  }
+  TORCH_CHECK(tile_pairs <= std::numeric_limits<int32_t>::max(), "similarity: batch of ", batch,
+              " is too large");
+  at::Tensor s = at::empty({batch, batch}, acc_options);
+  at::Tensor partial = splits == 1 ? s : at::empty({splits, batch, batch}, acc_options);
+  const int64_t num_bounds = grid_for(batch * batch);
+  at::Tensor bounds = at::empty({num_bounds, 2}, acc_options);
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "msmix_similarity", [&] {
+    const dim3 gram_grid(static_cast<unsigned>(tile_pairs), static_cast<unsigned>(splits));
+    gram_partial_kernel<scalar_t><<<gram_grid, kGramThreads, 0, stream>>>(
+        z.const_data_ptr<scalar_t>(), batch, total_width, chunk, num_tiles,
+        partial.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    similarity_reduce_kernel<scalar_t><<<static_cast<unsigned>(num_bounds), kThreads, 0, stream>>>(
+        partial.const_data_ptr<scalar_t>(), splits, batch, static_cast<scalar_t>(feats.size()),
+        s.mutable_data_ptr<scalar_t>(), bounds.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return RawSimilarity{s, bounds, num_bounds};
+}
+
+at::Tensor similarity_forward_kernel(at::TensorList feats) {
+  const int64_t batch = check_feats(feats, "similarity");
+  TORCH_CHECK(batch >= 2, "similarity: needs a batch of at least 2 samples, got B = ", batch);
+  const c10::cuda::CUDAGuard guard(feats[0].device());
+  RawSimilarity sim = raw_similarity(feats);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(sim.s.scalar_type(), "msmix_similarity", [&] {
+    normalise_similarity_kernel<scalar_t>
+        <<<static_cast<unsigned>(grid_for(batch * batch)), kThreads, 0, stream>>>(
+            sim.s.mutable_data_ptr<scalar_t>(), sim.bounds.const_data_ptr<scalar_t>(),
+            sim.num_bounds, batch);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return sim.s;
+}
+
+// Indices of a stable ascending sort along the last dimension (ties keep
+// their input order).
+at::Tensor stable_argsort(const at::Tensor& keys) {
+  return std::get<1>(at::sort(keys, /*stable=*/true, /*dim=*/-1, /*descending=*/false));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sass_select_forward_kernel(
+    at::TensorList feats, int64_t num_mix, double threshold, const at::Tensor& seed_tensor,
+    double alpha) {
+  const int64_t batch =
+      check_sass_args(feats, num_mix, threshold, seed_tensor, alpha, "sass_select");
+  const c10::cuda::CUDAGuard guard(feats[0].device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto index_options = feats[0].options().dtype(at::kLong);
+  const SeedArg seed = make_seed_arg(seed_tensor);
+  const int64_t num_pairs = batch * batch;
+
+  RawSimilarity sim = raw_similarity(feats);
+  // Row 0: valid-pair keys, row 1: fallback keys; one sort call orders both.
+  at::Tensor keys = at::empty({2, num_pairs}, index_options);
+  const int64_t num_count_blocks = grid_for(num_pairs);
+  at::Tensor counts = at::empty({num_count_blocks, 2}, index_options);
+  AT_DISPATCH_FLOATING_TYPES(sim.s.scalar_type(), "msmix_pair_keys", [&] {
+    pair_keys_kernel<scalar_t><<<static_cast<unsigned>(num_count_blocks), kThreads, 0, stream>>>(
+        sim.s.const_data_ptr<scalar_t>(), sim.bounds.const_data_ptr<scalar_t>(), sim.num_bounds,
+        batch, static_cast<scalar_t>(threshold), seed, keys.mutable_data_ptr<int64_t>(),
+        keys.mutable_data_ptr<int64_t>() + num_pairs, counts.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  // Valid pairs first, in (key, flat) order; upper pairs by S' descending, ties by flat.
+  const at::Tensor order = stable_argsort(keys);
+  const at::Tensor valid_order = order.select(0, 0), upper_order = order.select(0, 1);
+  // The fallback candidates in ascending flat order, then by (key, flat).
+  const int64_t num_candidates = fallback_candidates(num_mix, batch);
+  const at::Tensor candidates = std::get<0>(
+      at::sort(upper_order.narrow(0, 0, num_candidates), /*stable=*/true, /*dim=*/0, false));
+  at::Tensor candidate_keys = at::empty({num_candidates}, index_options);
+  fallback_keys_kernel<<<static_cast<unsigned>(ceil_div(num_candidates, kThreads)), kThreads, 0,
+                         stream>>>(candidates.const_data_ptr<int64_t>(), num_candidates, seed,
+                                   candidate_keys.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor candidate_order = stable_argsort(candidate_keys);
+
+  at::Tensor idx1 = at::empty({num_mix}, index_options);
+  at::Tensor idx2 = at::empty({num_mix}, index_options);
+  at::Tensor lam0 = at::empty({num_mix}, sim.s.options());
+  AT_DISPATCH_FLOATING_TYPES(sim.s.scalar_type(), "msmix_select_pairs", [&] {
+    select_pairs_kernel<scalar_t>
+        <<<static_cast<unsigned>(ceil_div(num_mix, kThreads)), kThreads, 0, stream>>>(
+            counts.const_data_ptr<int64_t>(), num_count_blocks,
+            valid_order.const_data_ptr<int64_t>(), upper_order.const_data_ptr<int64_t>(),
+            candidates.const_data_ptr<int64_t>(), candidate_order.const_data_ptr<int64_t>(),
+            sim.s.const_data_ptr<scalar_t>(), sim.bounds.const_data_ptr<scalar_t>(),
+            sim.num_bounds, static_cast<scalar_t>(threshold), batch, num_mix, seed, alpha,
+            idx1.mutable_data_ptr<int64_t>(), idx2.mutable_data_ptr<int64_t>(),
+            lam0.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {idx1, idx2, lam0};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(msmix, CUDA, m) {
+  m.impl("similarity", &similarity_forward_kernel);
+  m.impl("sass_select", &sass_select_forward_kernel);
+}
+
+}  // namespace msmix
