@@ -100,3 +100,38 @@ def test_compile_reduce_overhead_matches_eager():
     want = f(*feats, labels, intensities, seed)
     torch.testing.assert_close(got[0], want[0])
     assert torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("width", [1, 3, 8, 9, 1029])
+def test_mix_matches_cpu_bit_for_bit(dtype, width):
+    g = torch.Generator().manual_seed(width)
+    feats = [torch.randn(7, width, generator=g).to(dtype), torch.randn(7, 3, width, generator=g).to(dtype)[:, :, :]]
+    labels = torch.randn(7, 1, generator=g)
+    idx1, idx2 = torch.randint(7, (30,), generator=g), torch.randint(7, (30,), generator=g)
+    lam = torch.rand(2, 30, generator=g)
+    cpu = mx.mix(feats, labels, idx1, idx2, lam, lam.mean(0))
+    gpu = mx.mix([f.cuda() for f in feats], labels.cuda(), idx1.cuda(), idx2.cuda(), lam.cuda(), lam.mean(0).cuda())
+    for a, b in zip([*cpu[0], cpu[1]], [*gpu[0], gpu[1]]):
+        assert torch.equal(a, b.cpu())
+    grads = [torch.randn(o.shape, generator=g).to(o.dtype) for o in [*cpu[0], cpu[1]]]
+    mask = [True, True, True, True]
+    want = torch.ops.msmix.mix_backward(grads[:2], grads[2], feats, labels, idx1, idx2, lam, lam.mean(0), mask)
+    got = torch.ops.msmix.mix_backward([t.cuda() for t in grads[:2]], grads[2].cuda(), [f.cuda() for f in feats],
+                                       labels.cuda(), idx1.cuda(), idx2.cuda(), lam.cuda(), lam.mean(0).cuda(), mask)
+    for a, b in zip(want[0], got[0]):
+        assert torch.equal(a, b.cpu())
+    assert torch.equal(want[1], got[1].cpu())
+    torch.testing.assert_close(want[2], got[2].cpu(), rtol=1e-4, atol=1e-4)
+
+
+def test_out_of_range_index_is_a_device_assert():
+    import subprocess
+    import sys
+    code = ("import torch, msmix_ext as mx\n"
+            "f = [torch.randn(4, 3, device='cuda')]\n"
+            "i = torch.tensor([0, 9], device='cuda')\n"
+            "mx.mix(f, torch.randn(4, device='cuda'), i, i.flip(0), torch.rand(1, 2, device='cuda'), torch.rand(2, device='cuda'))\n"
+            "torch.cuda.synchronize()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "assert" in (result.stderr + result.stdout).lower()
