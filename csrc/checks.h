@@ -36,9 +36,9 @@ inline int64_t check_feats(at::TensorList feats, const char* op) {
 }
 
 inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
-                              const char* op) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(),
-              " but feats are on ", ref.device(), "; all tensors must be on one device");
+                              const char* op, const char* ref_name = "feats") {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name,
+              " are on ", ref.device(), "; all tensors must be on one device");
 }
 
 inline void check_indices(const at::Tensor& idx, const char* name, int64_t num_mix,
@@ -76,6 +76,45 @@ inline void check_mix_args(at::TensorList feats, const at::Tensor& labels, const
               lam_label.scalar_type(), " but lam has ", lam.scalar_type(), "; they must match");
   check_same_device(lam, "lam", feats[0], op);
   check_same_device(lam_label, "lam_label", feats[0], op);
+}
+
+// Checks of mix_backward (normally called by autograd with what mix saved, but
+// also a public operator). Returns B, the number of unmixed rows.
+inline int64_t check_mix_backward_args(at::TensorList grad_feats_out, const at::Tensor& grad_labels_out,
+                                       at::TensorList feats, const at::Tensor& labels,
+                                       const at::Tensor& idx1, const at::Tensor& idx2,
+                                       const at::Tensor& lam, const at::Tensor& lam_label,
+                                       bool need_lam, bool need_lam_label) {
+  constexpr const char* op = "mix_backward";
+  TORCH_CHECK(idx1.scalar_type() == at::kLong && idx2.scalar_type() == at::kLong && idx1.dim() == 1 &&
+                  idx2.dim() == 1 && idx2.size(0) == idx1.size(0),
+              op, ": idx1 and idx2 must be int64 [K], got ", idx1.sizes(), " and ", idx2.sizes());
+  const int64_t num_mix = idx1.size(0);
+  TORCH_CHECK(lam.dim() == 2 && lam.size(1) == num_mix && lam_label.dim() == 1 && lam_label.size(0) == num_mix,
+              op, ": lam must be [M, K] and lam_label [K] with K = ", num_mix, ", got ", lam.sizes(), " and ",
+              lam_label.sizes());
+  const int64_t num_modalities = lam.size(0);
+  TORCH_CHECK(static_cast<int64_t>(grad_feats_out.size()) == num_modalities, op, ": expected ",
+              num_modalities, " feature gradients, got ", grad_feats_out.size());
+  TORCH_CHECK(!need_lam || static_cast<int64_t>(feats.size()) == num_modalities, op,
+              ": the lam gradient needs the ", num_modalities, " saved feats, got ", feats.size());
+  TORCH_CHECK(grad_labels_out.dim() >= 1 && grad_labels_out.size(0) >= num_mix, op,
+              ": grad_labels_out must be [B + K, ...] with K = ", num_mix, ", got ", grad_labels_out.sizes());
+  const int64_t batch = grad_labels_out.size(0) - num_mix;
+  const at::Tensor& ref = grad_labels_out;
+  for (const at::Tensor& g : grad_feats_out) {
+    check_same_device(g, "grad_feats_out", ref, op, "the gradients");
+    TORCH_CHECK(g.dim() >= 1 && g.size(0) == batch + num_mix, op, ": every gradient must have B + K = ",
+                batch + num_mix, " rows, got ", g.sizes());
+  }
+  check_same_device(idx1, "idx1", ref, op, "the gradients");
+  check_same_device(idx2, "idx2", ref, op, "the gradients");
+  check_same_device(lam, "lam", ref, op, "the gradients");
+  check_same_device(lam_label, "lam_label", ref, op, "the gradients");
+  if (need_lam)
+    for (const at::Tensor& f : feats) check_same_device(f, "feats", ref, op, "the gradients");
+  if (need_lam_label) check_same_device(labels, "labels", ref, op, "the gradients");
+  return batch;
 }
 
 // num_mix >= 1, 0 <= threshold < 1, alpha > 0, B >= 2; the seed is an int64

@@ -163,15 +163,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> mix_back
     const at::Tensor& labels, const at::Tensor& idx1, const at::Tensor& idx2, const at::Tensor& lam,
     const at::Tensor& lam_label, std::array<bool, 4> output_mask) {
   const auto [need_feats, need_labels, need_lam, need_lam_label] = output_mask;
-  const int64_t num_mix = idx1.size(0);
-  const int64_t num_modalities = lam.size(0);
-  TORCH_CHECK(static_cast<int64_t>(grad_feats_out.size()) == num_modalities,
-              "mix_backward: expected ", num_modalities, " feature gradients, got ", grad_feats_out.size());
-  TORCH_CHECK(!need_lam || static_cast<int64_t>(feats.size()) == num_modalities,
-              "mix_backward: the lam gradient needs the ", num_modalities, " saved feats, got ", feats.size());
-  const int64_t batch = grad_labels_out.size(0) - num_mix;
-  TORCH_CHECK(batch >= 0, "mix_backward: grad_labels_out must have B + K rows with K = ", num_mix,
-              ", got ", grad_labels_out.size(0));
+  const int64_t batch = check_mix_backward_args(grad_feats_out, grad_labels_out, feats, labels, idx1, idx2, lam,
+                                                lam_label, need_lam, need_lam_label);
+  const int64_t num_mix = idx1.size(0), num_modalities = lam.size(0);
   const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
   check_index_range(i1, "idx1", batch, "mix_backward");
   check_index_range(i2, "idx2", batch, "mix_backward");

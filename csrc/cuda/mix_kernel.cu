@@ -431,47 +431,15 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mix_forward_kernel(
   return {feats_out, labels_out};
 }
 
-void check_on_device(const at::Tensor& t, const char* name, const at::Device& device) {
-  TORCH_CHECK(t.device() == device, "mix_backward: ", name, " is on ", t.device(),
-              " but the gradients are on ", device, "; all tensors must be on one device");
-}
-
 std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> mix_backward_kernel(
     at::TensorList grad_feats_out, const at::Tensor& grad_labels_out, at::TensorList feats,
     const at::Tensor& labels, const at::Tensor& idx1, const at::Tensor& idx2, const at::Tensor& lam,
     const at::Tensor& lam_label, std::array<bool, 4> output_mask) {
   const auto [need_feats, need_labels, need_lam, need_lam_label] = output_mask;
-  const int64_t num_mix = idx1.size(0);
-  const int64_t num_modalities = lam.size(0);
-  TORCH_CHECK(static_cast<int64_t>(grad_feats_out.size()) == num_modalities,
-              "mix_backward: expected ", num_modalities, " feature gradients, got ", grad_feats_out.size());
-  TORCH_CHECK(!need_lam || static_cast<int64_t>(feats.size()) == num_modalities,
-              "mix_backward: the lam gradient needs the ", num_modalities, " saved feats, got ", feats.size());
-  TORCH_CHECK(grad_labels_out.dim() >= 1, "mix_backward: grad_labels_out must be [B + K, ...], got ",
-              grad_labels_out.sizes());
-  const int64_t batch = grad_labels_out.size(0) - num_mix;
-  TORCH_CHECK(batch >= 0, "mix_backward: grad_labels_out must have B + K rows with K = ", num_mix,
-              ", got ", grad_labels_out.size(0));
-  TORCH_CHECK(idx1.scalar_type() == at::kLong && idx2.scalar_type() == at::kLong && idx1.dim() == 1 &&
-                  idx2.dim() == 1 && idx2.size(0) == num_mix,
-              "mix_backward: idx1 and idx2 must be int64 [K], got ", idx1.sizes(), " and ", idx2.sizes());
-  TORCH_CHECK(lam.dim() == 2 && lam.size(1) == num_mix && lam_label.dim() == 1 &&
-                  lam_label.size(0) == num_mix,
-              "mix_backward: lam must be [M, K] and lam_label [K] with K = ", num_mix, ", got ",
-              lam.sizes(), " and ", lam_label.sizes());
+  const int64_t batch = check_mix_backward_args(grad_feats_out, grad_labels_out, feats, labels, idx1, idx2, lam,
+                                                lam_label, need_lam, need_lam_label);
+  const int64_t num_mix = idx1.size(0), num_modalities = lam.size(0);
   const at::Device device = grad_labels_out.device();
-  check_on_device(idx1, "idx1", device);
-  check_on_device(idx2, "idx2", device);
-  check_on_device(lam, "lam", device);
-  check_on_device(lam_label, "lam_label", device);
-  for (const at::Tensor& g : grad_feats_out) {
-    check_on_device(g, "grad_feats_out", device);
-    TORCH_CHECK(g.dim() >= 1 && g.size(0) == batch + num_mix, "mix_backward: every gradient must have B + K = ",
-                batch + num_mix, " rows, got ", g.sizes());
-  }
-  if (need_lam)
-    for (const at::Tensor& f : feats) check_on_device(f, "feats", device);
-  if (need_lam_label) check_on_device(labels, "labels", device);
   TORCH_CHECK(batch <= kMaxGridX, "mix_backward: B = ", batch, " rows is too many");
 
   const c10::cuda::CUDAGuard guard(device);
