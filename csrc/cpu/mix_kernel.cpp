@@ -53,18 +53,20 @@ void mix_rows_backward(const scalar_t* grad_out, scalar_t* grad_src, const MixIn
                        const ratio_t* ratio, int64_t batch, int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, batch, row_grain(width), [&](int64_t begin, int64_t end) {
+    // Whole rows at a time (contiguous, vectorisable), summed in entry order.
+    std::vector<acc_t> acc(width);
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t first = inverse.offsets[b], last = inverse.offsets[b + 1];
-      for (int64_t c = 0; c < width; ++c) {
-        acc_t g = static_cast<acc_t>(grad_out[b * width + c]);
-        for (int64_t e = first; e < last; ++e) {
-          const int64_t entry = inverse.entries[e];
-          const int64_t k = entry_mix_index(entry);
-          g += source_weight(static_cast<acc_t>(ratio[k]), entry_is_second(entry)) *
-               static_cast<acc_t>(grad_out[(batch + k) * width + c]);
-        }
-        grad_src[b * width + c] = static_cast<scalar_t>(g);
+      const scalar_t* g = grad_out + b * width;
+      for (int64_t c = 0; c < width; ++c) acc[c] = static_cast<acc_t>(g[c]);
+      for (int64_t e = inverse.offsets[b]; e < inverse.offsets[b + 1]; ++e) {
+        const int64_t entry = inverse.entries[e];
+        const int64_t k = entry_mix_index(entry);
+        const acc_t weight = source_weight(static_cast<acc_t>(ratio[k]), entry_is_second(entry));
+        const scalar_t* mixed = grad_out + (batch + k) * width;
+        for (int64_t c = 0; c < width; ++c) acc[c] += weight * static_cast<acc_t>(mixed[c]);
       }
+      scalar_t* out = grad_src + b * width;
+      for (int64_t c = 0; c < width; ++c) out[c] = static_cast<scalar_t>(acc[c]);
     }
   });
 }
@@ -81,6 +83,7 @@ void mix_rows_ratio_grad(const scalar_t* grad_out, const scalar_t* src, const in
       const scalar_t* x1 = src + idx1[k] * width;
       const scalar_t* x2 = src + idx2[k] * width;
       acc_t dot = 0;
+#pragma omp simd reduction(+ : dot)
       for (int64_t c = 0; c < width; ++c)
         dot += static_cast<acc_t>(g[c]) * (static_cast<acc_t>(x1[c]) - static_cast<acc_t>(x2[c]));
       grad_ratio[k] = static_cast<ratio_t>(dot);

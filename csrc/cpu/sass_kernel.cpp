@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -36,48 +37,57 @@ void normalise_rows_kernel(const at::Tensor& rows, at::Tensor& z, int64_t col_of
                    [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const scalar_t* x = src + b * width;
+      // Branch-free so that the loops vectorise; !(a <= max) is true for NaN and Inf.
       acc_t max_abs = 0;
-      bool finite = true;
+      int bad = 0;
+#pragma omp simd reduction(max : max_abs) reduction(| : bad)
       for (int64_t c = 0; c < width; ++c) {
-        const acc_t v = static_cast<acc_t>(x[c]);
-        finite = finite && std::isfinite(v);
-        max_abs = std::max(max_abs, std::abs(v));
+        const acc_t a = std::abs(static_cast<acc_t>(x[c]));
+        bad |= !(a <= std::numeric_limits<acc_t>::max());
+        max_abs = std::max(max_abs, a);
       }
-      if (!finite) {
+      if (bad) {
         non_finite = true;
         continue;
       }
+      // Reciprocals, not per-element divisions (those dominated the cost); the
+      // roundings differ from the CUDA kernel's in the last bit at most.
+      const acc_t inv_max = max_abs > 0 ? acc_t(1) / max_abs : acc_t(0);
       acc_t sum_sq = 0;
-      if (max_abs > 0) {
-        for (int64_t c = 0; c < width; ++c) {
-          const acc_t v = static_cast<acc_t>(x[c]) / max_abs;
-          sum_sq += v * v;
-        }
+#pragma omp simd reduction(+ : sum_sq)
+      for (int64_t c = 0; c < width; ++c) {
+        const acc_t v = static_cast<acc_t>(x[c]) * inv_max;
+        sum_sq += v * v;
       }
-      const acc_t denom = std::max(max_abs * std::sqrt(sum_sq), acc_t(1e-12));
+      const acc_t inv_norm = acc_t(1) / std::max(max_abs * std::sqrt(sum_sq), acc_t(1e-12));
       acc_t* out = dst + b * z_width;
-      for (int64_t c = 0; c < width; ++c) out[c] = static_cast<acc_t>(x[c]) / denom;
+      for (int64_t c = 0; c < width; ++c) out[c] = static_cast<acc_t>(x[c]) * inv_norm;
     }
   });
   TORCH_CHECK(!non_finite, "sass_select: feats[", modality,
               "] contains NaN or Inf; SASS needs finite features");
 }
 
+// Min-max normalises S over its upper triangle and mirrors it: the GEMM need
+// not round S_ij and S_ji alike, but S' must be exactly symmetric (for B = 2
+// the one off-diagonal value must give the constant rule, as on CUDA).
 template <typename acc_t>
 void normalise_similarity_kernel(at::Tensor& s) {
   const int64_t batch = s.size(0);
   acc_t* p = s.data_ptr<acc_t>();
   acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
   for (int64_t i = 0; i < batch; ++i)
-    for (int64_t j = 0; j < batch; ++j)
-      if (i != j) {
-        lo = std::min(lo, p[i * batch + j]);
-        hi = std::max(hi, p[i * batch + j]);
-      }
+    for (int64_t j = i + 1; j < batch; ++j) {
+      lo = std::min(lo, p[i * batch + j]);
+      hi = std::max(hi, p[i * batch + j]);
+    }
   at::parallel_for(0, batch, 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
-      for (int64_t j = 0; j < batch; ++j)
-        p[i * batch + j] = normalise_similarity<acc_t>(p[i * batch + j], lo, hi, i == j);
+      for (int64_t j = i; j < batch; ++j) {
+        const acc_t v = normalise_similarity<acc_t>(p[i * batch + j], lo, hi, i == j);
+        p[i * batch + j] = v;
+        p[j * batch + i] = v;
+      }
   });
 }
 
