@@ -87,11 +87,14 @@ def _extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     opt = ["-O0", "-g"] if _flag("MSMIX_DEBUG") else ["-O3"]
     define_macros = [("MSMIX_VERSION", f'"{VERSION}"')]
-    # -fopenmp-simd: the `omp simd` reductions of the CPU kernels vectorise (no OpenMP runtime).
-    extra_compile_args = {"cxx": opt + ["-fopenmp-simd", "-Wall", "-Wno-unknown-pragmas"]}
+    # -fopenmp: at::parallel_for is header code that runs serially unless _OPENMP is defined;
+    # the symbols resolve to the libgomp torch already loaded. It also enables `omp simd`.
+    extra_compile_args = {"cxx": opt + ["-fopenmp", "-Wall"]}
+    extra_link_args = ["-fopenmp"]
     if not with_cuda:
         return cpp_extension.CppExtension(
-            "msmix_ext._C", sources, define_macros=define_macros, extra_compile_args=extra_compile_args
+            "msmix_ext._C", sources, define_macros=define_macros, extra_compile_args=extra_compile_args,
+            extra_link_args=extra_link_args,
         )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     print(f"setup.py: building CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} "
@@ -100,7 +103,8 @@ def _extension():
     define_macros.append(("MSMIX_WITH_CUDA", None))
     extra_compile_args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     return cpp_extension.CUDAExtension(
-        "msmix_ext._C", sources, define_macros=define_macros, extra_compile_args=extra_compile_args
+        "msmix_ext._C", sources, define_macros=define_macros, extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args,
     )
 
 
