@@ -124,23 +124,42 @@ at::Tensor similarity_forward_kernel(at::TensorList feats) {
 
 using KeyedPair = std::pair<uint64_t, int64_t>;  // (priority key, flat index)
 
-// The `count` smallest keyed pairs, in ascending (key, flat) order.
-void keep_smallest(std::vector<KeyedPair>& pairs, int64_t count) {
-  const auto cut = pairs.begin() + std::min<int64_t>(count, static_cast<int64_t>(pairs.size()));
-  std::partial_sort(pairs.begin(), cut, pairs.end());
-  pairs.erase(cut, pairs.end());
+// Keeps the `count` smallest items, in ascending order (a selection in linear
+// time, then a sort of what is kept: the pair lists grow as B^2).
+template <typename T>
+void keep_smallest(std::vector<T>& items, int64_t count) {
+  if (count < static_cast<int64_t>(items.size())) {
+    std::nth_element(items.begin(), items.begin() + count, items.end());
+    items.resize(count);
+  }
+  std::sort(items.begin(), items.end());
+}
+
+// The keyed valid pairs (SPEC 4.4), rows in parallel; their order does not
+// matter, as (key, flat) is a total order and the smallest keys win.
+template <typename acc_t>
+std::vector<KeyedPair> valid_keyed_pairs(const acc_t* s, int64_t batch, acc_t threshold, uint64_t seed) {
+  // One list per row: parallel_for's chunks are not aligned to the grain.
+  std::vector<std::vector<KeyedPair>> per_row(static_cast<size_t>(batch));
+  at::parallel_for(0, batch, std::max<int64_t>(1, 65536 / batch), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      std::vector<KeyedPair>& out = per_row[i];
+      for (int64_t j = 0; j < batch; ++j)
+        if (i != j && s[i * batch + j] > threshold) {
+          const int64_t flat = i * batch + j;
+          out.emplace_back(valid_pair_key(seed, flat), flat);
+        }
+    }
+  });
+  std::vector<KeyedPair> valid;
+  for (const std::vector<KeyedPair>& row : per_row) valid.insert(valid.end(), row.begin(), row.end());
+  return valid;
 }
 
 template <typename acc_t>
 void select_pairs(const acc_t* s, int64_t batch, int64_t num_mix, acc_t threshold, uint64_t seed,
                   int64_t* idx1, int64_t* idx2) {
-  std::vector<KeyedPair> valid;
-  for (int64_t i = 0; i < batch; ++i)
-    for (int64_t j = 0; j < batch; ++j)
-      if (i != j && s[i * batch + j] > threshold) {
-        const int64_t flat = i * batch + j;
-        valid.emplace_back(valid_pair_key(seed, flat), flat);
-      }
+  std::vector<KeyedPair> valid = valid_keyed_pairs(s, batch, threshold, seed);
   std::vector<int64_t> chosen;
   if (static_cast<int64_t>(valid.size()) >= num_mix) {
     keep_smallest(valid, num_mix);
@@ -152,7 +171,7 @@ void select_pairs(const acc_t* s, int64_t batch, int64_t num_mix, acc_t threshol
     for (int64_t i = 0; i < batch; ++i)
       for (int64_t j = i + 1; j < batch; ++j) upper.emplace_back(-s[i * batch + j], i * batch + j);
     const int64_t num_candidates = fallback_candidates(num_mix, batch);
-    std::partial_sort(upper.begin(), upper.begin() + num_candidates, upper.end());
+    keep_smallest(upper, num_candidates);
     std::vector<KeyedPair> candidates;
     for (int64_t r = 0; r < num_candidates; ++r)
       candidates.emplace_back(fallback_pair_key(seed, upper[r].second), upper[r].second);
