@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from ._types import MixOutput
-from .mixing import fused_mix, mix, seed_tensor
+from .mixing import _check_labels, fused_mix, mix, seed_tensor
 from .ratios import mix_ratios, stack_intensities
 
 AUGMENTATIONS = ("none", "mixup", "manifold", "multimix", "msmix", "msmix-no-sass", "msmix-no-sig",
@@ -119,6 +119,7 @@ def augment(name: str, feats: Sequence[torch.Tensor], labels: torch.Tensor,
             intensities: torch.Tensor | None = None, *, num_mix: int | None = None, alpha: float = 2.0,
             threshold: float = 0.4) -> MixOutput:
     """Dispatch by augmentation name (see :data:`AUGMENTATIONS`); ``manifold`` mixes like ``mixup``."""
+    _check_labels(labels, feats[0].shape[0])
     if name == "none":
         return no_mix(feats, labels)
     if name in ("mixup", "manifold"):

@@ -55,7 +55,8 @@ def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
         ``[B, B]``: the mean over modalities of the cosine similarities of the flattened
         rows, min-max normalised over the off-diagonal, with a zero diagonal
         (0.5 everywhere off the diagonal when all similarities are equal). float64
-        for float64 features, float32 otherwise.
+        for float64 features, float32 otherwise. NaN or Inf features raise on the CPU;
+        on CUDA their rows and columns of S' are NaN (no host-synchronising check).
     """
     require_extension()
     return torch.ops.msmix.similarity(_feature_list(feats))
@@ -68,7 +69,10 @@ def sass_select(feats: Sequence[torch.Tensor], num_mix: int, threshold: float = 
     Pairs are drawn uniformly without replacement from the ordered pairs ``(i, j)``,
     ``i != j``, with ``S'_ij > threshold``; when fewer than ``num_mix`` exist, from the
     ``min(2K, B(B-1)/2)`` most similar unordered pairs instead. The draw is a pure
-    function of the inputs and ``seed``, identical on CPU and CUDA.
+    function of the inputs and ``seed``; CPU and CUDA make the same draw from the same
+    S' (last-bit differences in S' can flip a pair lying at the threshold).
+    NaN or Inf features raise on the CPU; on CUDA (where a check would need a host
+    sync) such a sample's similarities are NaN, so it is never drawn as a valid pair.
 
     Returns:
         ``(idx1, idx2)``, int64 ``[num_mix]`` each, on the features' device.

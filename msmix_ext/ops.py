@@ -95,6 +95,11 @@ def _mix_backward(ctx, grad_feats_out, grad_labels_out):
     )
 
 
+def _mix_double_backward(ctx, *grads):
+    raise RuntimeError("msmix_ext.mix supports first-order gradients only; differentiating its "
+                       "gradient (create_graph=True) again is not implemented")
+
+
 def _similarity_backward(ctx, grad):
     raise RuntimeError("msmix_ext.similarity is not differentiable; use msmix_ext.reference.similarity "
                        "for a differentiable S', or detach the features")
@@ -107,3 +112,5 @@ if HAS_EXTENSION:
     torch.library.register_fake("msmix::mix_backward")(_fake_mix_backward)
     torch.library.register_autograd("msmix::mix", _mix_backward, setup_context=_setup_mix_context)
     torch.library.register_autograd("msmix::similarity", _similarity_backward)
+    # Without this, a second derivative through mix would silently be zero.
+    torch.library.register_autograd("msmix::mix_backward", _mix_double_backward)

@@ -101,3 +101,17 @@ def test_sass_select_accepts_features_that_require_grad():
     feats = [f.requires_grad_() for f in _feats()]
     idx1, idx2 = mx.sass_select(feats, 4)
     assert not idx1.requires_grad and idx1.dtype == torch.long
+
+
+def test_second_derivative_through_mix_is_refused_clearly():
+    feats = [torch.randn(6, 4, requires_grad=True)]
+    lam = torch.rand(1, 3, requires_grad=True)
+    out, _ = mx.mix(feats, torch.randn(6), torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), lam, lam[0])
+    (g,) = torch.autograd.grad(out[0].square().sum(), lam, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"first-order gradients only"):
+        torch.autograd.grad(g.sum(), feats)
+
+
+def test_similarity_nan_error_names_similarity():
+    with pytest.raises(RuntimeError, match=r"^similarity: feats\[0\] contains NaN or Inf"):
+        mx.similarity([torch.full((3, 2), float("nan"))])

@@ -28,7 +28,7 @@ at::ScalarType accumulate_type(at::ScalarType t) {
 // magnitude, so large fp16/bf16/fp32 values cannot overflow the sum of squares.
 template <typename scalar_t, typename acc_t>
 void normalise_rows_kernel(const at::Tensor& rows, at::Tensor& z, int64_t col_offset,
-                           int64_t modality) {
+                           int64_t modality, const char* op) {
   const int64_t batch = rows.size(0), width = rows.size(1), z_width = z.size(1);
   const scalar_t* src = rows.data_ptr<scalar_t>();
   acc_t* dst = z.data_ptr<acc_t>() + col_offset;
@@ -64,7 +64,7 @@ void normalise_rows_kernel(const at::Tensor& rows, at::Tensor& z, int64_t col_of
       for (int64_t c = 0; c < width; ++c) out[c] = static_cast<acc_t>(x[c]) * inv_norm;
     }
   });
-  TORCH_CHECK(!non_finite, "sass_select: feats[", modality,
+  TORCH_CHECK(!non_finite, op, ": feats[", modality,
               "] contains NaN or Inf; SASS needs finite features");
 }
 
@@ -106,7 +106,7 @@ at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
   for (size_t m = 0; m < rows.size(); ++m) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows[m].scalar_type(), "normalise_rows", [&] {
       normalise_rows_kernel<scalar_t, at::opmath_type<scalar_t>>(rows[m], z, offset,
-                                                                 static_cast<int64_t>(m));
+                                                                 static_cast<int64_t>(m), op);
     });
     offset += rows[m].size(1);
   }

@@ -1,7 +1,8 @@
 // SASS on CUDA: normalised similarity S' (SPEC 4.1-4.3) and the draw of K
 // pairs plus their base ratios lam0 (SPEC 4.4-4.6, 5). Same Philox keys,
 // same (key, flat index) order and same fallback as csrc/cpu/sass_kernel.cpp,
-// so both devices pick the same pairs for the same inputs and seed.
+// so both devices make the same draw from the same S' (S itself may differ in
+// its last bits: the CPU and this kernel sum the products in different orders).
 //
 // Nothing is read back to the host: the number of valid pairs stays on the
 // device, both the valid-pair draw and the fallback draw are prepared, and
