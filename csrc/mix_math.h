@@ -1,4 +1,4 @@
-// Index math of the fused mixing op (SPEC 6), shared by the CPU and CUDA
+// Index math of the fused mixing op (design.md §6), shared by the CPU and CUDA
 // kernels.
 //
 // Mixed row k reads two source rows: entry 2k (row i_k, weight r_k) and entry

@@ -4,14 +4,14 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(msmix, m) {
-  // S' of SPEC 4.3: [B, B], float64 for float64 features, float32 otherwise.
+  // S' of design.md §4.3: [B, B], float64 for float64 features, float32 otherwise.
   m.def("similarity(Tensor[] feats) -> Tensor");
-  // SASS pairs (SPEC 4) and lam0 ~ Beta(alpha, alpha) (SPEC 5), all drawn
+  // SASS pairs (design.md §4) and lam0 ~ Beta(alpha, alpha) (design.md §5), all drawn
   // from the one int64 seed tensor: (idx1 [K], idx2 [K], lam0 [K]).
   m.def(
       "sass_select(Tensor[] feats, int num_mix, float threshold, Tensor seed, float alpha) "
       "-> (Tensor idx1, Tensor idx2, Tensor lam0)");
-  // SPEC 6: (cat(f_m, mixed_m) for every m, cat(y, mixed_y)).
+  // design.md §6: (cat(f_m, mixed_m) for every m, cat(y, mixed_y)).
   m.def(
       "mix(Tensor[] feats, Tensor labels, Tensor idx1, Tensor idx2, Tensor lam, "
       "Tensor lam_label) -> (Tensor[] feats_out, Tensor labels_out)");

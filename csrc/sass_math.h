@@ -1,4 +1,4 @@
-// Index math and random keys of SASS pair selection (SPEC section 4), shared
+// Index math and random keys of SASS pair selection (design.md §4), shared
 // by the CPU and CUDA kernels so that both select the same pairs.
 //
 // Uniform sampling of K items without replacement is done by priority keys:
@@ -44,7 +44,7 @@ MSMIX_HOST_DEVICE bool key_before(uint64_t key_a, int64_t flat_a, uint64_t key_b
   return key_a < key_b || (key_a == key_b && flat_a < flat_b);
 }
 
-// Min-max normalisation of the off-diagonal similarities (SPEC 4.3).
+// Min-max normalisation of the off-diagonal similarities (design.md §4.3).
 template <typename acc_t>
 MSMIX_HOST_DEVICE acc_t normalise_similarity(acc_t s, acc_t lo, acc_t hi, bool diagonal) {
   if (diagonal) return acc_t(0);

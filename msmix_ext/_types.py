@@ -8,7 +8,7 @@ import torch
 
 
 class MixOutput(NamedTuple):
-    """What one MS-Mix call returns (SPEC 6). B clean rows come first, K mixed rows after.
+    """What one MS-Mix call returns (design.md §6). B clean rows come first, K mixed rows after.
 
     Attributes:
         feats: combined features, modality m shaped ``[B + K, *feats[m].shape[1:]]``.

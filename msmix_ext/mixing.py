@@ -47,7 +47,7 @@ def seed_tensor(seed: int | torch.Tensor | None = None, generator: torch.Generat
 
 
 def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
-    """SASS similarity S' (SPEC 4.1-4.3).
+    """SASS similarity S' (design.md §4.1-4.3).
 
     Args:
         feats: M tensors ``[B, D_m]`` or ``[B, T_m, D_m]``.
@@ -64,7 +64,7 @@ def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def sass_select(feats: Sequence[torch.Tensor], num_mix: int, threshold: float = 0.4,
                 seed: int | torch.Tensor = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sentiment-aware sample selection (SPEC 4): ``num_mix`` pairs of similar samples.
+    """Sentiment-aware sample selection (design.md §4): ``num_mix`` pairs of similar samples.
 
     Pairs are drawn uniformly without replacement from the ordered pairs ``(i, j)``,
     ``i != j``, with ``S'_ij > threshold``; when fewer than ``num_mix`` exist, from the
@@ -86,7 +86,7 @@ def sass_select(feats: Sequence[torch.Tensor], num_mix: int, threshold: float = 
 
 def mix(feats: Sequence[torch.Tensor], labels: torch.Tensor, idx1: torch.Tensor, idx2: torch.Tensor,
         lam: torch.Tensor, lam_label: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Fused per-modality mixing (SPEC 6), differentiable in feats, labels, lam, lam_label.
+    """Fused per-modality mixing (design.md §6), differentiable in feats, labels, lam, lam_label.
 
     Args:
         feats: M tensors ``[B, ...]``; labels ``[B]`` or ``[B, ...]``.
@@ -115,7 +115,7 @@ def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor,
               intensities: torch.Tensor | Sequence[torch.Tensor], *, num_mix: int | None = None,
               threshold: float = 0.4, alpha: float = 2.0, seed: int | torch.Tensor | None = None,
               generator: torch.Generator | None = None) -> MixOutput:
-    """MS-Mix on one batch: SASS pairs, intensity-guided ratios, fused mixing (SPEC 3-6).
+    """MS-Mix on one batch: SASS pairs, intensity-guided ratios, fused mixing (design.md §3-6).
 
     Args:
         feats: M tensors ``[B, D_m]`` or ``[B, T_m, D_m]`` (one dtype and device).

@@ -1,4 +1,4 @@
-"""MSMix, the nn.Module a training loop calls, and the MS-Mix objective (SPEC 7)."""
+"""MSMix, the nn.Module a training loop calls, and the MS-Mix objective (design.md §7)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class MSMix(nn.Module):
 
 def msmix_objective(pred: torch.Tensor, out: MixOutput, labels: torch.Tensor, sal: torch.Tensor,
                     mix_weight: float = 0.7, sal_weight: float = 0.5, clean_loss: str = "l1") -> torch.Tensor:
-    """The MS-Mix training objective (SPEC 7).
+    """The MS-Mix training objective (design.md §7).
 
     ``L = clean(pred[:B], y) + mix_weight * mean_k(lam_y,k (pred[B+k] - y[i_k])^2
     + (1 - lam_y,k) (pred[B+k] - y[j_k])^2) + sal_weight * sal``.

@@ -1,4 +1,4 @@
-"""Mixing ratios from intensities (SPEC 3 and 5), in plain torch.
+"""Mixing ratios from intensities (design.md §3 and 5), in plain torch.
 
 A handful of elementwise ops over [M, B] and [M, K]: inductor fuses them into
 one or two kernels, so they stay in Python (see bench/ for the measurement).
@@ -26,7 +26,7 @@ def stack_intensities(intensities: torch.Tensor | Sequence[torch.Tensor], num_mo
 
 
 def intensity_weights(intensities: torch.Tensor) -> torch.Tensor:
-    """SPEC 3: ``w_m = |I_m|`` min-max normalised over the batch, ``[M, B]``."""
+    """design.md §3: ``w_m = |I_m|`` min-max normalised over the batch, ``[M, B]``."""
     w = intensities.abs()
     lo = w.amin(dim=1, keepdim=True)
     hi = w.amax(dim=1, keepdim=True)
@@ -35,7 +35,7 @@ def intensity_weights(intensities: torch.Tensor) -> torch.Tensor:
 
 def mix_ratios(intensities: torch.Tensor, idx1: torch.Tensor, idx2: torch.Tensor,
                lam0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC 5: per-modality ratios ``lam [M, K]`` and label ratios ``lam_label [K]``.
+    """design.md §5: per-modality ratios ``lam [M, K]`` and label ratios ``lam_label [K]``.
 
     ``lam[m, k] = (lam0[k] + (w[m, i_k] + 1e-8) / (w[m, i_k] + w[m, j_k] + 2e-8)) / 2``
     with ``w`` from :func:`intensity_weights`; ``lam_label = lam.mean(0)``. Differentiable

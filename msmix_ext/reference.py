@@ -1,4 +1,4 @@
-"""MS-Mix in plain, vectorised PyTorch: the SPEC written as directly as possible.
+"""MS-Mix in plain, vectorised PyTorch: the contract (docs/design.md) written as directly as possible.
 
 The tests compare the fused operators against this module, the benchmarks
 time it as the baseline, and it runs where the extension could not be built.
@@ -20,7 +20,7 @@ from .ratios import mix_ratios, stack_intensities
 
 
 def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
-    """S' of SPEC 4.1-4.3, ``[B, B]``, in float64 for float64 input and float32 otherwise."""
+    """S' of design.md §4.1-4.3, ``[B, B]``, in float64 for float64 input and float32 otherwise."""
     acc = torch.float64 if feats[0].dtype == torch.float64 else torch.float32
     batch = feats[0].shape[0]
     z = [F.normalize(f.reshape(batch, -1).to(acc), dim=1, eps=1e-12) for f in feats]
@@ -49,7 +49,7 @@ def fallback_candidates(s: torch.Tensor, num_mix: int) -> torch.Tensor:
 
 def sass_select(feats: Sequence[torch.Tensor], num_mix: int, threshold: float = 0.4,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC 4: ``num_mix`` pairs ``(idx1, idx2)``, int64 ``[K]`` each."""
+    """design.md §4: ``num_mix`` pairs ``(idx1, idx2)``, int64 ``[K]`` each."""
     s = similarity(feats)
     batch = s.shape[0]
     valid = valid_pairs(s, threshold)
@@ -74,7 +74,7 @@ def sample_lam0(num_mix: int, alpha: float, dtype: torch.dtype = torch.float32,
 
 def mix(feats: Sequence[torch.Tensor], labels: torch.Tensor, idx1: torch.Tensor, idx2: torch.Tensor,
         lam: torch.Tensor, lam_label: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """SPEC 6: ``cat(f_m, lam_m * f_m[idx1] + (1 - lam_m) * f_m[idx2])`` for every m, and labels."""
+    """design.md §6: ``cat(f_m, lam_m * f_m[idx1] + (1 - lam_m) * f_m[idx2])`` for every m, and labels."""
 
     def mix_one(x: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
         r = ratio.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
@@ -88,7 +88,7 @@ def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor,
               threshold: float = 0.4, alpha: float = 2.0, generator: torch.Generator | None = None,
               idx1: torch.Tensor | None = None, idx2: torch.Tensor | None = None,
               lam0: torch.Tensor | None = None) -> MixOutput:
-    """The whole pipeline (SPEC 3-6). Pairs and ``lam0`` are drawn unless given."""
+    """The whole pipeline (design.md §3-6). Pairs and ``lam0`` are drawn unless given."""
     batch = feats[0].shape[0]
     num_mix = batch if num_mix is None else num_mix
     intensities = stack_intensities(intensities, len(feats), batch)

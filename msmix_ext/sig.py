@@ -1,4 +1,4 @@
-"""SIG, the sentiment intensity predictor (SPEC 1), and SAL, its alignment loss (SPEC 2)."""
+"""SIG, the sentiment intensity predictor (design.md §1), and SAL, its alignment loss (design.md §2)."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ class IntensityPredictor(nn.Module):
 
 def sentiment_alignment_loss(intensities: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor,
                              max_intensity: float = 3.0, scale: float = 1000.0) -> torch.Tensor:
-    """SAL (SPEC 2): ``scale * sum_m KL(p_y || p_m) / B`` over the batch.
+    """SAL (design.md §2): ``scale * sum_m KL(p_y || p_m) / B`` over the batch.
 
     ``p_y = softmax_b(|y_b| / R) + 1e-8`` and ``p_m = softmax_b(|I_m,b| / R) + 1e-8``.
 

@@ -1,4 +1,4 @@
-"""SIG, SAL, mixing ratios, fused_mix, MSMix and the objective (SPEC 1-3, 5, 7) against
+"""SIG, SAL, mixing ratios, fused_mix, MSMix and the objective (design.md §1-3, 5, 7) against
 hand-written float64 computations."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from helpers import clustered_feats, make_feats
 # --- SIG -------------------------------------------------------------------------------------------
 
 def _sig_by_hand(p: mx.IntensityPredictor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """SPEC 1 written out with explicit loops over samples and heads."""
+    """design.md §1 written out with explicit loops over samples and heads."""
     if x.dim() == 2:
         x = x[:, None, :]
     out = []
@@ -159,7 +159,7 @@ def test_mix_ratios_guards_for_equal_intensities():
 def test_fused_mix_matches_reference_pipeline(device, shapes, masked, label_shape):
     torch.manual_seed(4)
     batch = 24
-    # float64: the SIG path amplifies float32 rounding through the min-max of SPEC 3
+    # float64: the SIG path amplifies float32 rounding through the min-max of design.md §3
     feats = [f.requires_grad_() for f in make_feats(shapes, batch, dtype=torch.float64, device=device, seed=7)]
     labels = torch.rand(batch, *label_shape, device=device, dtype=torch.float64) * 6 - 3
     masks = [None] * len(shapes)
@@ -304,7 +304,7 @@ def test_training_step_compiles_without_graph_breaks_and_matches_eager():
     opt_c = torch.optim.SGD(compiled_model.parameters(), lr=1e-3)
     step = torch.compile(compiled_model, fullgraph=True)
     x0, x1, labels = torch.randn(16, 6), torch.randn(16, 5, 4), torch.rand(16) * 6 - 3
-    with inductor_config.patch(fallback_random=True):  # the seed draw matches eager's (SPEC, Randomness)
+    with inductor_config.patch(fallback_random=True):  # the seed draw matches eager's (design.md, "Randomness")
         for i in range(3):
             torch.manual_seed(100 + i)
             loss_e = eager(x0, x1, labels)

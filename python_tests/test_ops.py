@@ -1,4 +1,4 @@
-"""The operators of SPEC 4 and 6 against msmix_ext.reference and autograd."""
+"""The operators of design.md §4 and 6 against msmix_ext.reference and autograd."""
 
 from __future__ import annotations
 

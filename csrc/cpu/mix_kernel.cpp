@@ -1,4 +1,4 @@
-// Fused per-modality mixing on the CPU (SPEC 6): every output row is written
+// Fused per-modality mixing on the CPU (design.md §6): every output row is written
 // once, straight from its source rows, and the backward gathers instead of
 // scattering, so its sums run in a fixed order (deterministic).
 #include <ATen/ATen.h>

@@ -1,5 +1,5 @@
-// SASS on the CPU: normalised similarity S' (SPEC 4.1-4.3) and the draw of
-// K pairs plus their base ratios lam0 (SPEC 4.4-4.6, 5).
+// SASS on the CPU: normalised similarity S' (design.md §4.1-4.3) and the draw of
+// K pairs plus their base ratios lam0 (design.md §4.4-4.6, 5).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -91,7 +91,7 @@ void normalise_similarity_kernel(at::Tensor& s) {
   });
 }
 
-// S' of SPEC 4.3 in the accumulate dtype. feats are already checked.
+// S' of design.md §4.3 in the accumulate dtype. feats are already checked.
 at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
   const int64_t batch = feats[0].size(0);
   const auto acc_dtype = accumulate_type(feats[0].scalar_type());
@@ -135,7 +135,7 @@ void keep_smallest(std::vector<T>& items, int64_t count) {
   std::sort(items.begin(), items.end());
 }
 
-// The keyed valid pairs (SPEC 4.4), rows in parallel; their order does not
+// The keyed valid pairs (design.md §4.4), rows in parallel; their order does not
 // matter, as (key, flat) is a total order and the smallest keys win.
 template <typename acc_t>
 std::vector<KeyedPair> valid_keyed_pairs(const acc_t* s, int64_t batch, acc_t threshold, uint64_t seed) {

@@ -1,4 +1,4 @@
-// Fused per-modality mixing on CUDA (SPEC 6), the computation of
+// Fused per-modality mixing on CUDA (design.md §6), the computation of
 // csrc/cpu/mix_kernel.cpp: every output row is written once from its source
 // rows, and the backward gathers through an inverse index instead of
 // scattering with atomics, so its sums run in a fixed order. Products and

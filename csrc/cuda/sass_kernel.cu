@@ -1,5 +1,5 @@
-// SASS on CUDA: normalised similarity S' (SPEC 4.1-4.3) and the draw of K
-// pairs plus their base ratios lam0 (SPEC 4.4-4.6, 5). Same Philox keys,
+// SASS on CUDA: normalised similarity S' (design.md §4.1-4.3) and the draw of K
+// pairs plus their base ratios lam0 (design.md §4.4-4.6, 5). Same Philox keys,
 // same (key, flat index) order and same fallback as csrc/cpu/sass_kernel.cpp,
 // so both devices make the same draw from the same S' (S itself may differ in
 // its last bits: the CPU and this kernel sum the products in different orders).
@@ -264,7 +264,7 @@ __global__ void similarity_reduce_kernel(const acc_t* partial, int64_t splits, i
   }
 }
 
-// S' = min-max normalised S with a zero diagonal (SPEC 4.3), in place.
+// S' = min-max normalised S with a zero diagonal (design.md §4.3), in place.
 template <typename acc_t>
 __global__ void normalise_similarity_kernel(acc_t* s, const acc_t* bounds, int64_t num_bounds,
                                             int64_t batch) {
@@ -327,8 +327,8 @@ __global__ void fallback_keys_kernel(const int64_t* __restrict__ candidates, int
 }
 
 // Thread k writes pair k and lam0[k]. With at least K valid pairs, pair k is
-// the k-th valid pair in (key, flat) order (SPEC 4.5); otherwise the fallback
-// of SPEC 4.6: the k-th candidate in (key, flat) order, then draws with
+// the k-th valid pair in (key, flat) order (design.md §4.5); otherwise the fallback
+// of design.md §4.6: the k-th candidate in (key, flat) order, then draws with
 // replacement by S' rank. Both results are ready; the device-side count
 // decides. Every flat index written has i != j, NaN similarities or not.
 template <typename acc_t>

@@ -1,5 +1,5 @@
 // C++ test of the operators through the dispatcher, as a C++ user calls them:
-// mixing against an ATen computation of SPEC 6, and SASS pair validity.
+// mixing against an ATen computation of design.md §6, and SASS pair validity.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
