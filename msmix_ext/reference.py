@@ -25,6 +25,9 @@ def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
     batch = feats[0].shape[0]
     z = [F.normalize(f.reshape(batch, -1).to(acc), dim=1, eps=1e-12) for f in feats]
     s = sum(zm @ zm.T for zm in z) / len(feats)
+    # A GEMM need not round S_ij and S_ji alike (it does not on some CPUs); mirror the
+    # upper triangle so that S' is exactly symmetric and B = 2 takes the constant rule.
+    s = torch.triu(s) + torch.triu(s, diagonal=1).T
     off = ~torch.eye(batch, dtype=torch.bool, device=s.device)
     lo, hi = s[off].min(), s[off].max()
     s = torch.full_like(s, 0.5) if hi - lo <= 1e-8 else (s - lo) / (hi - lo)
