@@ -84,7 +84,7 @@ def _want_cuda() -> bool:
 
 def _extension():
     with_cuda = _want_cuda()
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autocast/*.cpp"))
     opt = ["-O0", "-g"] if _flag("MSMIX_DEBUG") else ["-O3"]
     define_macros = [("MSMIX_VERSION", f'"{VERSION}"')]
     # -fopenmp: at::parallel_for is header code that runs serially unless _OPENMP is defined;
