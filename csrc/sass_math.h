@@ -44,12 +44,22 @@ MSMIX_HOST_DEVICE bool key_before(uint64_t key_a, int64_t flat_a, uint64_t key_b
   return key_a < key_b || (key_a == key_b && flat_a < flat_b);
 }
 
+// Below this range of the off-diagonal S the batch counts as degenerate
+// (design.md §4.3). S of unit rows carries a few ulps of rounding that differ
+// between CPU models, thread counts and devices; in float32 that is ~1e-7, so
+// 1e-8 would let rounding noise decide S' in {0, 1} for a batch whose samples
+// all point the same way. 2^-16 is over 100 float32 ulps of 1.
+template <typename acc_t>
+MSMIX_HOST_DEVICE constexpr acc_t degenerate_similarity_range() {
+  return sizeof(acc_t) >= 8 ? acc_t(1e-8) : acc_t(1.0 / 65536.0);
+}
+
 // Min-max normalisation of the off-diagonal similarities (design.md §4.3).
 template <typename acc_t>
 MSMIX_HOST_DEVICE acc_t normalise_similarity(acc_t s, acc_t lo, acc_t hi, bool diagonal) {
   if (diagonal) return acc_t(0);
   const acc_t range = hi - lo;
-  return range <= acc_t(1e-8) ? acc_t(0.5) : (s - lo) / range;
+  return range <= degenerate_similarity_range<acc_t>() ? acc_t(0.5) : (s - lo) / range;
 }
 
 }  // namespace msmix

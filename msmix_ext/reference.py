@@ -19,6 +19,12 @@ from ._types import MixOutput
 from .ratios import mix_ratios, stack_intensities
 
 
+def degenerate_similarity_range(dtype: torch.dtype) -> float:
+    """The off-diagonal range of S at or below which S' is 0.5 everywhere (design.md §4.3):
+    1e-8 in float64, 2^-16 in float32, where S carries ~1e-7 of rounding noise."""
+    return 1e-8 if dtype == torch.float64 else 2.0**-16
+
+
 def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """S' of design.md §4.1-4.3, ``[B, B]``, in float64 for float64 input and float32 otherwise."""
     acc = torch.float64 if feats[0].dtype == torch.float64 else torch.float32
@@ -30,7 +36,7 @@ def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
     s = torch.triu(s) + torch.triu(s, diagonal=1).T
     off = ~torch.eye(batch, dtype=torch.bool, device=s.device)
     lo, hi = s[off].min(), s[off].max()
-    s = torch.full_like(s, 0.5) if hi - lo <= 1e-8 else (s - lo) / (hi - lo)
+    s = torch.full_like(s, 0.5) if hi - lo <= degenerate_similarity_range(acc) else (s - lo) / (hi - lo)
     return s.masked_fill(~off, 0.0)
 
 
