@@ -59,7 +59,7 @@ def test_mmsa_pickle_one_epoch(tmp_path, capsys):
     data = write_mmsa_pickle(tmp_path / "tiny.pkl")
     out = tmp_path / "run"
     rc = main(["--data", str(data), "--backbones", "late_fusion,cross_modal", "--augmentations", "none,msmix",
-               "--seeds", "2", "--epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"])
+               "--num-seeds", "2", "--epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "late_fusion" in printed and "cross_modal" in printed and "msmix" in printed and "MAE" in printed
@@ -146,7 +146,7 @@ def test_same_seed_same_start_and_deterministic(tmp_path):
 
 
 def test_parse_seeds_and_bad_arguments(tmp_path, capsys):
-    assert runner.parse_seeds("3") == (0, 1, 2)
+    assert runner.parse_seeds("3") == (3,)
     assert runner.parse_seeds("0,4,7") == (0, 4, 7)
     assert runner.parse_seeds("7,") == (7,)
     for args in (["--augmentations", "nope"], ["--backbones", "resnet"], ["--dataset-kind", "iemocap"],

@@ -7,7 +7,7 @@ Trains every backbone x augmentation x seed, prints a table of test metrics
 Examples::
 
     python -m msmix_ext.train                                   # defaults, synthetic data
-    python -m msmix_ext.train --data MOSI/unaligned_50.pkl --epochs 30 --seeds 5
+    python -m msmix_ext.train --data MOSI/unaligned_50.pkl --epochs 30 --num-seeds 5
     python -m msmix_ext.train --augmentations none,msmix,msmix-no-sal --save --out runs/abl
     python -m msmix_ext.train --eval-only --load runs/abl/checkpoints
 """
@@ -21,6 +21,8 @@ from typing import List, Optional, Sequence
 
 from msmix_ext.augment import AUGMENTATIONS
 from msmix_ext.train import runner
+from msmix_ext.train.data import DataError
+from msmix_ext.train.runner import CheckpointError
 from msmix_ext.train.metrics import DATASET_KINDS
 
 _DEFAULTS = runner.TrainConfig()
@@ -52,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list from {', '.join(runner.BACKBONES)}")
     r.add_argument("--augmentations", default=",".join(_DEFAULTS.augmentations),
                    help=f"comma list from {', '.join(AUGMENTATIONS)}")
-    r.add_argument("--seeds", default=str(len(_DEFAULTS.seeds)),
-                   help="a count N (seeds 0..N-1) or a comma list ('7,' is the single seed 7)")
+    seeds = r.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", default=None,
+                       help="one seed or a comma list of seeds, e.g. 42 or 0,1,2 "
+                            f"(default: {','.join(map(str, _DEFAULTS.seeds))})")
+    seeds.add_argument("--num-seeds", type=int, default=None, metavar="N", help="seeds 0..N-1")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
     t.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
@@ -82,7 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--load", nargs="+", default=None, metavar="PATH",
                    help="checkpoint files or directories for --eval-only")
     o.add_argument("--quiet", action="store_true", help="no progress bars, warnings only; the table is still printed")
+    o.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return p
+
+
+def _seeds(args: argparse.Namespace) -> tuple:
+    if args.num_seeds is not None:
+        if args.num_seeds < 1:
+            raise ValueError(f"--num-seeds must be >= 1, got {args.num_seeds}")
+        return tuple(range(args.num_seeds))
+    return _DEFAULTS.seeds if args.seeds is None else runner.parse_seeds(args.seeds)
 
 
 def config_from_args(args: argparse.Namespace) -> runner.TrainConfig:
@@ -94,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> runner.TrainConfig:
         standardize=not args.no_standardize,
         backbones=tuple(_comma_list(args.backbones)),
         augmentations=tuple(_comma_list(args.augmentations)),
-        seeds=runner.parse_seeds(args.seeds),
+        seeds=_seeds(args),
         epochs=args.epochs,
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
@@ -116,9 +130,19 @@ def config_from_args(args: argparse.Namespace) -> runner.TrainConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point; returns the exit status (0 ok, 1 an eval-only mismatch, 2 bad arguments)."""
+    """CLI entry point; returns the exit status (0 ok, 1 an eval-only mismatch, 2 bad arguments or data)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _main(parser, args)
+    except (DataError, CheckpointError) as e:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)  # one line; --debug for the traceback
+        return 2
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     runner.setup_logging(args.quiet)
     t0 = time.perf_counter()
     if args.eval_only:
@@ -127,6 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             results = runner.evaluate_checkpoints(args.load, data=args.data, device=args.device,
                                                   threads=args.threads, out=args.out)
+        except (DataError, CheckpointError):
+            raise
         except ValueError as e:
             parser.error(str(e))
         print(results["table"])

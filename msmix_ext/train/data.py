@@ -87,6 +87,7 @@ __all__ = [
     "MODALITIES",
     "SPLITS",
     "Batch",
+    "DataError",
     "MultimodalDataset",
     "load_mmsa_pickle",
     "standardize",
@@ -275,6 +276,10 @@ def standardize(
 # --------------------------------------------------------------------------- MMSA pickle
 
 
+class DataError(ValueError):
+    """A data file that cannot be used; the message names the file and what was expected."""
+
+
 def _lengths_to_mask(lengths: object, n: int, seq_len: int, where: str) -> Tensor:
     """``[N, L]`` mask whose first ``lengths[i]`` entries of row ``i`` are True.
 
@@ -282,24 +287,27 @@ def _lengths_to_mask(lengths: object, n: int, seq_len: int, where: str) -> Tenso
     """
     arr = np.asarray(lengths)
     if arr.shape != (n,):
-        raise ValueError(f"{where}: expected shape ({n},), got {arr.shape}")
+        raise DataError(f"{where}: expected shape ({n},), got {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{where}: expected integer lengths, got dtype {arr.dtype}")
+        raise DataError(f"{where}: expected integer lengths, got dtype {arr.dtype}")
     as_int = arr.astype(np.int64)
     if np.any(as_int != arr):
-        raise ValueError(f"{where}: lengths must be whole numbers")
+        raise DataError(f"{where}: lengths must be whole numbers")
     if np.any(as_int < 0):
-        raise ValueError(f"{where}: negative length {int(as_int.min())}")
+        raise DataError(f"{where}: negative length {int(as_int.min())}")
     lens = torch.from_numpy(np.minimum(as_int, seq_len))
     return torch.arange(seq_len).unsqueeze(0) < lens.unsqueeze(1)
 
 
 def _float_array(split: Dict[str, object], key: str, where: str) -> np.ndarray:
-    arr = np.asarray(split[key])
+    try:
+        arr = np.asarray(split[key])
+    except (ValueError, TypeError) as e:  # ragged nested lists, for example
+        raise DataError(f"{where}: expected a numeric [N, L, D] array ({e})") from None
     if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{where}: expected a numeric array, got dtype {arr.dtype}")
+        raise DataError(f"{where}: expected a numeric array, got dtype {arr.dtype}")
     if arr.ndim != 3:
-        raise ValueError(f"{where}: expected [N, L, D], got shape {arr.shape}")
+        raise DataError(f"{where}: expected [N, L, D], got shape {arr.shape}")
     return arr.astype(np.float32)
 
 
@@ -325,61 +333,86 @@ def load_mmsa_pickle(path: Union[str, Path], nonfinite_to_zero: bool = False) ->
             NaN / infinite values (unless ``nonfinite_to_zero``); the message names the
             split and key.
     """
-    with open(path, "rb") as f:
-        data = pickle.load(f)
+    data = _unpickle(Path(path))
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict of splits, got {type(data).__name__}")
+        raise DataError(f"{path}: expected a dict of splits, got {type(data).__name__}")
     out: Dict[str, MultimodalDataset] = {}
     for split in SPLITS:
         if split not in data:
-            raise ValueError(f"{path}: missing split {split!r} (found {sorted(map(str, data))})")
+            raise DataError(f"{path}: missing split {split!r} (found {sorted(map(str, data))})")
         s = data[split]
         if not isinstance(s, dict):
-            raise ValueError(f"{path}: split {split!r} is a {type(s).__name__}, expected a dict")
+            raise DataError(f"{path}: split {split!r} is a {type(s).__name__}, expected a dict")
         for key in (*MODALITIES, "regression_labels"):
             if key not in s:
-                raise ValueError(f"{path}: split {split!r} has no key {key!r}")
-        feats = {m: _float_array(s, m, f"{path}: {split}/{m}") for m in MODALITIES}
-        labels = np.asarray(s["regression_labels"], dtype=np.float32)
-        if labels.ndim == 2 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        if labels.ndim != 1:
-            raise ValueError(f"{path}: {split}/regression_labels: expected [N] or [N, 1], got {labels.shape}")
-        n = labels.shape[0]
-        for m, x in feats.items():
-            if x.shape[0] != n:
-                raise ValueError(f"{path}: {split}/{m} has {x.shape[0]} samples, regression_labels has {n}")
-        feats["audio"][feats["audio"] == -np.inf] = 0
-        for m, x in feats.items():
-            bad = ~np.isfinite(x)
-            if bad.any():
-                if not nonfinite_to_zero:
-                    raise ValueError(
-                        f"{path}: {split}/{m} holds {int(bad.sum())} NaN/infinite values "
-                        "(pass nonfinite_to_zero=True to zero them)"
-                    )
-                x[bad] = 0
-        masks: Dict[str, Optional[Tensor]] = {m: None for m in MODALITIES}
-        for m in ("audio", "vision"):
-            if f"{m}_lengths" in s:
-                masks[m] = _lengths_to_mask(
-                    s[f"{m}_lengths"], n, feats[m].shape[1], f"{path}: {split}/{m}_lengths"
-                )
-        if "text_bert" in s:
-            tb = np.asarray(s["text_bert"])
-            if tb.shape == (n, 3, feats["text"].shape[1]):
-                masks["text"] = torch.from_numpy(tb[:, 1, :] > 0)
-        out[split] = MultimodalDataset(
-            torch.from_numpy(feats["text"]),
-            torch.from_numpy(feats["audio"]),
-            torch.from_numpy(feats["vision"]),
-            torch.from_numpy(labels),
-            masks["text"],
-            masks["audio"],
-            masks["vision"],
-            name=split,
-        )
+                raise DataError(f"{path}: split {split!r} has no key {key!r}")
+        try:
+            out[split] = _split_dataset(s, split, f"{path}: {split}", nonfinite_to_zero)
+        except DataError:
+            raise
+        except (ValueError, TypeError) as e:  # numpy or the dataset rejecting a value
+            raise DataError(f"{path}: {split}: {e}") from None
     return out
+
+
+def _split_dataset(s: Dict[str, object], split: str, where: str, nonfinite_to_zero: bool) -> MultimodalDataset:
+    """One split of an MMSA pickle (its keys already checked) as a dataset."""
+    feats = {m: _float_array(s, m, f"{where}/{m}") for m in MODALITIES}
+    labels = np.asarray(s["regression_labels"], dtype=np.float32)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataError(f"{where}/regression_labels: expected [N] or [N, 1], got {labels.shape}")
+    n = labels.shape[0]
+    for m, x in feats.items():
+        if x.shape[0] != n:
+            raise DataError(f"{where}/{m} has {x.shape[0]} samples, regression_labels has {n}")
+    feats["audio"][feats["audio"] == -np.inf] = 0
+    for m, x in feats.items():
+        bad = ~np.isfinite(x)
+        if bad.any():
+            if not nonfinite_to_zero:
+                raise DataError(f"{where}/{m} holds {int(bad.sum())} NaN/infinite values "
+                                "(pass nonfinite_to_zero=True to zero them)")
+            x[bad] = 0
+    masks: Dict[str, Optional[Tensor]] = {m: None for m in MODALITIES}
+    for m in ("audio", "vision"):
+        if f"{m}_lengths" in s:
+            masks[m] = _lengths_to_mask(s[f"{m}_lengths"], n, feats[m].shape[1], f"{where}/{m}_lengths")
+    if "text_bert" in s:
+        tb = np.asarray(s["text_bert"])
+        if tb.shape == (n, 3, feats["text"].shape[1]):
+            masks["text"] = torch.from_numpy(tb[:, 1, :] > 0)
+    return MultimodalDataset(
+        torch.from_numpy(feats["text"]),
+        torch.from_numpy(feats["audio"]),
+        torch.from_numpy(feats["vision"]),
+        torch.from_numpy(labels),
+        masks["text"],
+        masks["audio"],
+        masks["vision"],
+        name=split,
+    )
+
+
+_EXPECTED = "expected an MMSA feature pickle (a dict of train/valid/test splits)"
+
+
+def _unpickle(path: Path) -> object:
+    """The object in ``path``, or a :class:`DataError` that says in one line why not."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file; {_EXPECTED}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; {_EXPECTED}")
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except EOFError:
+        raise DataError(f"{path}: the file is empty or truncated; {_EXPECTED}") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e}); {_EXPECTED}") from None
+    except Exception as e:  # unpickling other bytes can raise almost any exception
+        raise DataError(f"{path}: not a readable pickle ({type(e).__name__}: {e}); {_EXPECTED}") from None
 
 
 # --------------------------------------------------------------------------- synthetic data

@@ -53,6 +53,7 @@ from msmix_ext.models import MODELS, build_model
 from msmix_ext.train.data import (
     MultimodalDataset,
     SyntheticConfig,
+    DataError,
     load_mmsa_pickle,
     make_synthetic,
     standardize,
@@ -62,6 +63,7 @@ from msmix_ext.train.metrics import DATASET_KINDS, regression_metrics
 __all__ = [
     "BACKBONES",
     "CHECKPOINT_FORMAT",
+    "CheckpointError",
     "MSMIX_VARIANTS",
     "TrainConfig",
     "evaluate",
@@ -186,14 +188,14 @@ class TrainConfig:
 
 
 def parse_seeds(text: str) -> Tuple[int, ...]:
-    """``"3"`` -> ``(0, 1, 2)`` (a count); ``"0,4,7"`` or ``"7,"`` -> those seeds."""
-    text = text.strip()
-    if "," not in text:
-        count = int(text)
-        if count < 1:
-            raise ValueError(f"seed count must be >= 1, got {count}")
-        return tuple(range(count))
-    return tuple(int(s) for s in text.split(",") if s.strip())
+    """``"42"`` -> ``(42,)``; ``"0,4,7"`` or ``"7,"`` -> those seeds (``--num-seeds`` gives a count)."""
+    parts = [s.strip() for s in text.split(",")]
+    if parts and not parts[-1]:
+        parts.pop()  # a trailing comma
+    try:
+        return tuple(int(s) for s in parts)
+    except ValueError:
+        raise ValueError(f"--seeds must be a seed or a comma list of seeds (e.g. 42 or 0,1,2), got {text!r}") from None
 
 
 def lower_is_better(metric: str) -> bool:
@@ -244,7 +246,10 @@ def load_data(cfg: TrainConfig) -> Dict[str, MultimodalDataset]:
     else:
         splits = load_mmsa_pickle(cfg.data)
     if cfg.standardize:
-        splits = standardize(splits)
+        try:
+            splits = standardize(splits)
+        except ValueError as e:  # e.g. a split with no valid token: the file is unusable
+            raise DataError(f"{cfg.data}: {e}") from None
     bound = SENTIMENT_RANGE[cfg.dataset_kind]
     top = max(float(s.labels.abs().max()) for s in splits.values())
     if top > bound + 1e-6:
@@ -260,6 +265,11 @@ class _TqdmHandler(logging.Handler):
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
+
+
+def _show_bars(cfg: TrainConfig) -> bool:
+    """Progress bars only on a terminal: redirected, their carriage returns fill a log file."""
+    return not cfg.quiet and sys.stderr.isatty()
 
 
 def setup_logging(quiet: bool = False) -> None:
@@ -376,13 +386,13 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
     if msmix is not None:
         msmix.train()
     epochs = tqdm(range(1, cfg.epochs + 1), desc=f"{backbone}/{augmentation}/s{seed}", unit="ep",
-                  leave=False, position=position, disable=cfg.quiet, dynamic_ncols=True)
+                  leave=False, position=position, disable=not _show_bars(cfg), dynamic_ncols=True)
     for epoch in epochs:
         t0 = time.perf_counter()
         total, count = 0.0, 0
         bar = tqdm(train.batches(cfg.batch_size, shuffle=True, generator=order), total=n_batches,
                    desc=f"epoch {epoch}", unit="batch", leave=False, position=position + 1,
-                   disable=cfg.quiet, dynamic_ncols=True)
+                   disable=not _show_bars(cfg), dynamic_ncols=True)
         for batch in bar:
             if batch.labels.shape[0] < 2:  # pairing needs two samples; same rule for every method
                 skipped += 1
@@ -409,8 +419,10 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
             best_state = (_state(model), _state(msmix))
         epochs.set_postfix(valid=f"{score:.4f}", best=f"{best if best is not None else float('nan'):.4f}",
                            refresh=False)
-        log.debug("%s/%s/seed %d epoch %d: train loss %.4f, valid %s %.4f (%.1f s train)", backbone,
-                  augmentation, seed, epoch, curves["train_loss"][-1], cfg.main_metric, score, train_s)
+        # Without bars (stderr is a log file or CI), this line is the progress report.
+        log.log(logging.DEBUG if _show_bars(cfg) else logging.INFO,
+                "%s/%s/seed %d epoch %d/%d: train loss %.4f, valid %s %.4f (%.1f s train)", backbone,
+                augmentation, seed, epoch, cfg.epochs, curves["train_loss"][-1], cfg.main_metric, score, train_s)
     epochs.close()
     if best_state is None:  # every validation score was NaN: report the last state
         log.warning("%s/%s/seed %d: no finite validation %s; using the last epoch", backbone, augmentation, seed,
@@ -591,11 +603,15 @@ def run(cfg: TrainConfig) -> Dict[str, Any]:
     the printed table and ``results["out"]`` the output directory).
     """
     cfg.validate()
+    if cfg.data != "synthetic":
+        cfg.data = str(Path(cfg.data).resolve())
+    # Before any output exists: a bad data file leaves nothing behind.
+    t_data = time.perf_counter()
+    splits = load_data(cfg)
+    data_s = time.perf_counter() - t_data
     out = Path(cfg.out) if cfg.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
     cfg.out = str(out)
-    if cfg.data != "synthetic":
-        cfg.data = str(Path(cfg.data).resolve())
     file_handler = logging.FileHandler(out / "train.log", mode="w")
     file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -604,20 +620,17 @@ def run(cfg: TrainConfig) -> Dict[str, Any]:
         log.setLevel(logging.DEBUG)
     try:
         with _Threads(cfg.threads):
-            return _run(cfg, out)
+            return _run(cfg, out, splits, data_s)
     finally:
         log.removeHandler(file_handler)
         file_handler.close()
 
 
-def _run(cfg: TrainConfig, out: Path) -> Dict[str, Any]:
+def _run(cfg: TrainConfig, out: Path, splits: Dict[str, MultimodalDataset], data_s: float) -> Dict[str, Any]:
     t0 = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     log.info("msmix_ext %s, torch %s, device %s, %d thread(s); output: %s", msmix_ext.__version__,
              torch.__version__, cfg.device, torch.get_num_threads(), out)
-    t_data = time.perf_counter()
-    splits = load_data(cfg)
-    data_s = time.perf_counter() - t_data
     train = splits["train"]
     log.info("data %s (%s): train/valid/test = %d/%d/%d, dims %s, lengths %s (%.1f s)", cfg.data, cfg.dataset_kind,
              len(train), len(splits["valid"]), len(splits["test"]), train.feature_dims, train.seq_lens, data_s)
@@ -636,7 +649,7 @@ def _run(cfg: TrainConfig, out: Path) -> Dict[str, Any]:
         "runs": [],
         "summary": {},
     }
-    bar = tqdm(jobs, desc="runs", unit="run", position=0, disable=cfg.quiet, dynamic_ncols=True)
+    bar = tqdm(jobs, desc="runs", unit="run", position=0, disable=not _show_bars(cfg), dynamic_ncols=True)
     for backbone, aug, seed in bar:
         bar.set_postfix_str(f"{backbone}/{aug}/seed {seed}", refresh=True)
         ckpt = out / "checkpoints" / f"{backbone}-{aug}-seed{seed}.pt" if cfg.save else None
@@ -663,10 +676,22 @@ def _run(cfg: TrainConfig, out: Path) -> Dict[str, Any]:
     return results
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Dict[str, Any]:
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    expected = f"expected a {CHECKPOINT_FORMAT} checkpoint (written by msmix-train --save)"
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}); {expected}") from None
+    except Exception as e:  # torch.load of other bytes: unpickling errors of every kind
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail}); "
+                              f"{expected}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (written by msmix-train --save)")
+        raise CheckpointError(f"{path}: {expected}")
     return ckpt
 
 
@@ -684,7 +709,7 @@ def evaluate_checkpoints(paths: Sequence[str | Path], data: Optional[str] = None
     for p in map(Path, paths):
         files.extend(sorted(p.rglob("*.pt")) if p.is_dir() else [p])
     if not files:
-        raise ValueError(f"no checkpoint found in {[str(p) for p in paths]}")
+        raise CheckpointError(f"no checkpoint found in {[str(p) for p in paths]}")
     runs = []
     cache: Dict[str, Dict[str, MultimodalDataset]] = {}
     with _Threads(threads):
