@@ -11,7 +11,8 @@ trains one model on all ranks:
   independent dropout and augmentation draws);
 - MS-Mix mixes with ``pool=cfg.pool`` on a process group of its own, apart from DDP's;
 - evaluation splits the validation / test set across the ranks and gathers the predictions,
-  so every rank computes the metrics of the whole split and selects the same epoch;
+  so every rank computes the metrics of the whole split and selects the same epoch; the
+  recorded training loss of an epoch is over the samples of every rank;
 - only rank 0 writes (log, results, figure, checkpoints) and prints.
 
 Without torchrun none of this is active and the runner is the one-process runner.
@@ -88,6 +89,15 @@ def session(device: str) -> Iterator[str]:
 def samples_per_rank(n: int) -> int:
     """Training samples a rank sees per epoch (DistributedSampler pads the split to N x that)."""
     return math.ceil(n / world_size())
+
+
+def sum_over_ranks(*values: float) -> tuple[float, ...]:
+    """Each value summed over the ranks (the values themselves when not under torchrun)."""
+    if not active():
+        return values
+    summed = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(summed)  # a CPU tensor: gloo (alone or next to NCCL)
+    return tuple(summed.tolist())
 
 
 def shard(dataset, seed: int, epoch: int):

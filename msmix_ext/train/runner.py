@@ -416,6 +416,7 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
             count += batch.labels.shape[0]
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         train_s = time.perf_counter() - t0
+        total, count = train_distributed.sum_over_ranks(total, count)
         valid_metrics = evaluate(model, valid, cfg.dataset_kind, cfg.eval_batch_size, cfg.device)
         epoch_s.append(time.perf_counter() - t0)
         curves["train_loss"].append(total / max(count, 1))
