@@ -100,7 +100,8 @@ def _rank_rows(t, rank, batch, num_mix):
     return torch.cat([t[rank * batch:(rank + 1) * batch], t[n + rank * num_mix:n + (rank + 1) * num_mix]])
 
 
-def _check_global_equals_one_process(rank, batch, num_mix, shapes, threshold, label_shape=(), drawn=False):
+def _check_global_equals_one_process(rank, batch, num_mix, shapes, threshold, label_shape=(), drawn=False,
+                                     group=None):
     feats, labels, intensities = _global_batch(batch, shapes, label_shape)
     n, m = WORLD * batch, len(shapes)
     # one process on the concatenated batch
@@ -116,7 +117,7 @@ def _check_global_equals_one_process(rank, batch, num_mix, shapes, threshold, la
         kwargs = {"generator": torch.Generator().manual_seed(100 + 17 * rank)}
     else:
         kwargs = {"seed": 1234}
-    out = fused_mix(lf, ll, li, num_mix=num_mix, threshold=threshold, pool="global", **kwargs)
+    out = fused_mix(lf, ll, li, num_mix=num_mix, threshold=threshold, pool="global", group=group, **kwargs)
     mixed = slice(rank * num_mix, (rank + 1) * num_mix)
     for got, want in zip(out.feats, ref.feats):
         torch.testing.assert_close(got, _rank_rows(want, rank, batch, num_mix), rtol=0, atol=1e-10)
@@ -143,8 +144,9 @@ def _global_cases(rank):
     # too few similar pairs: the fallback of the whole batch; [B, 1] labels; K > B
     _check_global_equals_one_process(rank, batch=3, num_mix=5, shapes=[(4,), (2, 3), (6,)], threshold=0.99,
                                      label_shape=(1,))
-    # a drawn seed: rank 0's draw is broadcast
-    _check_global_equals_one_process(rank, batch=5, num_mix=5, shapes=[(6,), (4,)], threshold=0.4, drawn=True)
+    # a drawn seed: rank 0's draw is broadcast, here on a process group of its own
+    _check_global_equals_one_process(rank, batch=5, num_mix=5, shapes=[(6,), (4,)], threshold=0.4, drawn=True,
+                                     group=dist.new_group())
 
 
 def test_global_pool_equals_one_process_on_the_concatenated_batch(ranks):
