@@ -117,8 +117,11 @@ def msmix_no_sig(feats: Sequence[torch.Tensor], labels: torch.Tensor, *, num_mix
 
 def augment(name: str, feats: Sequence[torch.Tensor], labels: torch.Tensor,
             intensities: torch.Tensor | None = None, *, num_mix: int | None = None, alpha: float = 2.0,
-            threshold: float = 0.4) -> MixOutput:
-    """Dispatch by augmentation name (see :data:`AUGMENTATIONS`); ``manifold`` mixes like ``mixup``."""
+            threshold: float = 0.4, pool: str = "local", group=None) -> MixOutput:
+    """Dispatch by augmentation name (see :data:`AUGMENTATIONS`); ``manifold`` mixes like ``mixup``.
+
+    ``pool`` / ``group`` go to :func:`fused_mix` (``msmix``, ``msmix-no-sal``); the other
+    augmentations mix within the rank's own batch."""
     _check_labels(labels, feats[0].shape[0])
     if name == "none":
         return no_mix(feats, labels)
@@ -133,5 +136,6 @@ def augment(name: str, feats: Sequence[torch.Tensor], labels: torch.Tensor,
             raise ValueError(f"augmentation {name!r} needs SIG intensities")
         if name == "msmix-no-sass":
             return msmix_no_sass(feats, labels, intensities, num_mix=num_mix, alpha=alpha)
-        return fused_mix(feats, labels, intensities, num_mix=num_mix, threshold=threshold, alpha=alpha)
+        return fused_mix(feats, labels, intensities, num_mix=num_mix, threshold=threshold, alpha=alpha,
+                         pool=pool, group=group)
     raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")

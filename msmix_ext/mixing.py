@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 
 from . import ops as _ops  # noqa: F401  (registers fake kernels and autograd)
 from ._build import require_extension
 from ._types import MixOutput
+from .distributed import check_pool, fold_rank, global_fused_mix, process_group_active
 from .ratios import mix_ratios, stack_intensities
 
 _SEED_LIMIT = 2**63 - 1
@@ -114,7 +116,7 @@ def _check_labels(labels: torch.Tensor, batch: int) -> None:
 def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor,
               intensities: torch.Tensor | Sequence[torch.Tensor], *, num_mix: int | None = None,
               threshold: float = 0.4, alpha: float = 2.0, seed: int | torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> MixOutput:
+              generator: torch.Generator | None = None, pool: str = "local", group=None) -> MixOutput:
     """MS-Mix on one batch: SASS pairs, intensity-guided ratios, fused mixing (design.md §3-6).
 
     Args:
@@ -126,12 +128,24 @@ def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor,
         threshold: SASS similarity threshold in ``[0, 1)``.
         alpha: Beta(alpha, alpha) parameter of the base ratio, > 0.
         seed / generator: the call's randomness; by default a seed is drawn from torch's
-            generator on the features' device.
+            generator on the features' device. Under an initialised process group a drawn
+            seed is folded with the rank, so ranks seeded alike draw differently; an
+            explicit ``seed`` is used as given.
+        pool: ``"local"`` mixes this process's batch. ``"global"`` (under torch.distributed,
+            equal B on every rank of ``group``) gives the result of ``fused_mix`` on the
+            concatenation of the ranks' batches in rank order with ``num_mix = world * K``
+            and one seed (rank 0's when drawn; pass an explicit seed alike on every rank):
+            this rank's clean rows, then its K mixed rows of that result; ``idx1`` / ``idx2``
+            index the concatenated batch. Gradients reach every rank's feats, labels and
+            intensities, and the ranks' losses summed have the one-process gradients (see
+            :mod:`msmix_ext.distributed`). Without a process group it equals ``"local"``.
+        group: the process group of ``pool="global"`` (default: the world).
     Returns:
         :class:`MixOutput` with combined ``feats`` / ``labels`` (``[B + K, ...]``), ``idx1``,
         ``idx2``, ``lam [M, K]``, ``lam_label [K]``, ``labels1``, ``labels2``, ``lam0``.
     """
     require_extension()
+    check_pool(pool)
     feats = _feature_list(feats)
     if not feats:
         raise ValueError("feats must hold at least one modality, got M = 0")
@@ -141,7 +155,14 @@ def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor,
         raise ValueError(f"alpha must be > 0, got {alpha}")
     num_mix = batch if num_mix is None else num_mix
     intensities = stack_intensities(intensities, len(feats), batch)
+    seed_drawn = seed is None
     seed = seed_tensor(seed, generator, feats[0].device)
+    distributed = process_group_active()
+    if distributed and pool == "global":
+        return global_fused_mix(feats, labels, intensities, num_mix=num_mix, threshold=threshold, seed=seed,
+                                seed_drawn=seed_drawn, alpha=alpha, group=group)
+    if distributed and seed_drawn:
+        seed = fold_rank(seed, dist.get_rank())
     idx1, idx2, lam0 = torch.ops.msmix.sass_select(feats, num_mix, float(threshold), seed, float(alpha))
     lam, lam_label = mix_ratios(intensities, idx1, idx2, lam0)
     feats_out, labels_out = torch.ops.msmix.mix(feats, labels, idx1, idx2, lam, lam_label)

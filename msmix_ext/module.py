@@ -10,6 +10,7 @@ from torch import nn
 
 from ._types import MixOutput
 from .augment import no_mix
+from .distributed import check_pool
 from .mixing import fused_mix
 from .sig import IntensityPredictor, sentiment_alignment_loss
 
@@ -22,6 +23,8 @@ class MSMix(nn.Module):
         num_heads, max_intensity: of every :class:`IntensityPredictor`.
         threshold, alpha, num_mix: of :func:`fused_mix` (num_mix None = B).
         sal_scale: the ``scale`` of :func:`sentiment_alignment_loss`.
+        pool, group: of :func:`fused_mix`: ``"global"`` selects and mixes pairs over the batch of
+            every rank of ``group`` (SAL stays a loss of the rank's own batch).
 
     ``forward(feats, labels, masks=None) -> (MixOutput, sal)``: in training mode it
     mixes the batch (``[B + K, ...]`` outputs) and returns the SAL loss; in eval mode
@@ -32,8 +35,9 @@ class MSMix(nn.Module):
 
     def __init__(self, dims: Sequence[int], num_heads: int = 4, threshold: float = 0.4,
                  alpha: float = 2.0, max_intensity: float = 3.0, sal_scale: float = 1000.0,
-                 num_mix: int | None = None):
+                 num_mix: int | None = None, pool: str = "local", group=None):
         super().__init__()
+        check_pool(pool)
         if len(dims) < 1:
             raise ValueError("dims must name at least one modality width")
         if not alpha > 0:
@@ -43,6 +47,7 @@ class MSMix(nn.Module):
         self.predictors = nn.ModuleList(IntensityPredictor(d, num_heads, max_intensity) for d in dims)
         self.threshold, self.alpha, self.num_mix = threshold, alpha, num_mix
         self.max_intensity, self.sal_scale = max_intensity, sal_scale
+        self.pool, self.group = pool, group
 
     def intensities(self, feats: Sequence[torch.Tensor],
                     masks: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
@@ -63,7 +68,7 @@ class MSMix(nn.Module):
         intensities = self.intensities(feats, masks)
         sal = sentiment_alignment_loss(intensities, labels, self.max_intensity, self.sal_scale)
         out = fused_mix(feats, labels, intensities, num_mix=self.num_mix, threshold=self.threshold,
-                        alpha=self.alpha, seed=seed)
+                        alpha=self.alpha, seed=seed, pool=self.pool, group=self.group)
         return out, sal
 
 

@@ -10,6 +10,7 @@ Examples::
     python -m msmix_ext.train --data MOSI/unaligned_50.pkl --epochs 30 --num-seeds 5
     python -m msmix_ext.train --augmentations none,msmix,msmix-no-sal --save --out runs/abl
     python -m msmix_ext.train --eval-only --load runs/abl/checkpoints
+    torchrun --nproc_per_node 2 -m msmix_ext.train --pool global   # one data-parallel model
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import time
 from typing import List, Optional, Sequence
 
 from msmix_ext.augment import AUGMENTATIONS
-from msmix_ext.train import runner
+from msmix_ext.train import distributed, runner
 from msmix_ext.train.data import DataError
 from msmix_ext.train.runner import CheckpointError
 from msmix_ext.train.metrics import DATASET_KINDS
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threshold", type=float, default=_DEFAULTS.threshold, help="SASS similarity threshold")
     m.add_argument("--alpha", type=float, default=_DEFAULTS.alpha,
                    help="Beta(alpha, alpha) of the mixing ratios (Dirichlet(alpha) for multimix)")
+    m.add_argument("--pool", choices=("local", "global"), default=_DEFAULTS.pool,
+                   help="under torchrun: MS-Mix pairs samples within each rank's batch (local) or "
+                        "across the batches of all ranks (global)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, help="output directory (default: runs/<timestamp>)")
     o.add_argument("--save", action="store_true", help="write a checkpoint per run (best validation state)")
@@ -121,6 +125,7 @@ def config_from_args(args: argparse.Namespace) -> runner.TrainConfig:
         sal_scale=args.sal_scale,
         threshold=args.threshold,
         alpha=args.alpha,
+        pool=args.pool,
         main_metric=args.main_metric,
         out=args.out,
         save=args.save,
@@ -146,6 +151,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     runner.setup_logging(args.quiet)
     t0 = time.perf_counter()
     if args.eval_only:
+        if distributed.launched():
+            parser.error("--eval-only runs in one process; start it without torchrun")
         if not args.load:
             parser.error("--eval-only needs --load PATH")
         try:
@@ -167,7 +174,15 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cfg.validate()
     except (ValueError, json.JSONDecodeError) as e:
         parser.error(str(e))
-    results = runner.run(cfg)
+    with distributed.session(cfg.device) as device:
+        cfg.device = device
+        writer = distributed.is_writer()
+        if not writer:  # torchrun ranks > 0: warnings only, rank 0 reports
+            cfg.quiet = True
+            runner.setup_logging(quiet=True)
+        results = runner.run(cfg)
+    if not writer:
+        return 0
     print(results["table"])
     print(f"wall time {time.perf_counter() - t0:.1f} s; results in {results['out']}")
     return 0

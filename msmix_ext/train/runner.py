@@ -50,6 +50,7 @@ import msmix_ext
 from msmix_ext import MSMix, combine_masks, msmix_objective, sentiment_alignment_loss
 from msmix_ext.augment import AUGMENTATIONS, augment
 from msmix_ext.models import MODELS, build_model
+from msmix_ext.train import distributed as train_distributed
 from msmix_ext.train.data import (
     MultimodalDataset,
     SyntheticConfig,
@@ -122,6 +123,7 @@ class TrainConfig:
     sal_scale: float = 1000.0
     threshold: float = 0.4
     alpha: float = 2.0
+    pool: str = "local"
     sig_heads: int = 4
     main_metric: str = "MAE"
     out: Optional[str] = None
@@ -161,6 +163,8 @@ class TrainConfig:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if not 0 <= self.threshold < 1:
             raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+        if self.pool not in ("local", "global"):
+            raise ValueError(f"pool must be 'local' or 'global', got {self.pool!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -330,7 +334,8 @@ def train_step(model, msmix: Optional[MSMix], batch, augmentation: str, cfg: Tra
         pred = head_fn(feats, None, mix_fn, layer)
         out = mixed["out"]
     else:
-        out = augment(augmentation, feats, labels, intensities, threshold=cfg.threshold, alpha=cfg.alpha)
+        out = augment(augmentation, feats, labels, intensities, threshold=cfg.threshold, alpha=cfg.alpha,
+                      pool=cfg.pool, group=train_distributed.mix_group())
         pred = head_fn(out.feats, combine_masks(feat_masks, out))
     return msmix_objective(pred, out, labels, sal, cfg.mix_weight, sal_weight, clean_loss="l1")
 
@@ -350,8 +355,13 @@ def predict(model, ds: MultimodalDataset, batch_size: int, device: str) -> torch
 
 def evaluate(model, ds: MultimodalDataset, kind: str, batch_size: int = 256, device: str = "cpu"
              ) -> Dict[str, float]:
-    """MMSA regression metrics of ``model`` on ``ds`` (no augmentation)."""
-    return regression_metrics(predict(model, ds, batch_size, device), ds.labels, kind)
+    """MMSA regression metrics of ``model`` on ``ds`` (no augmentation); under torchrun the
+    ranks share the predictions and every rank gets the metrics of the whole ``ds``."""
+    if train_distributed.active():
+        preds = train_distributed.predict_whole(predict, model, ds, batch_size, device)
+    else:
+        preds = predict(model, ds, batch_size, device)
+    return regression_metrics(preds, ds.labels, kind)
 
 
 def _state(module: Optional[torch.nn.Module]) -> Optional[Dict[str, torch.Tensor]]:
@@ -375,12 +385,18 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
     features_fn, head_fn = model.features, model.head
     if cfg.compile:
         features_fn, head_fn = torch.compile(model.features), torch.compile(model.head)
+
+    def step(batch):
+        return train_step(model, msmix, batch, augmentation, cfg, features_fn, head_fn)
+
+    if train_distributed.active():
+        step = train_distributed.data_parallel(step, model, msmix, seed, cfg.device)
     order = torch.Generator().manual_seed(seed)
     lower = lower_is_better(cfg.main_metric)
     curves: Dict[str, Any] = {"train_loss": [], "valid": []}
     epoch_s: List[float] = []
     best, best_epoch, best_state = None, None, None
-    n_batches = math.ceil(len(train) / cfg.batch_size)
+    n_batches = math.ceil(train_distributed.samples_per_rank(len(train)) / cfg.batch_size)
     skipped = 0
     model.train()
     if msmix is not None:
@@ -390,7 +406,8 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
     for epoch in epochs:
         t0 = time.perf_counter()
         total, count = 0.0, 0
-        bar = tqdm(train.batches(cfg.batch_size, shuffle=True, generator=order), total=n_batches,
+        data = train_distributed.shard(train, seed, epoch) if train_distributed.active() else train
+        bar = tqdm(data.batches(cfg.batch_size, shuffle=True, generator=order), total=n_batches,
                    desc=f"epoch {epoch}", unit="batch", leave=False, position=position + 1,
                    disable=not _show_bars(cfg), dynamic_ncols=True)
         for batch in bar:
@@ -398,7 +415,7 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
                 skipped += 1
                 continue
             batch = batch.to(cfg.device)
-            loss = train_step(model, msmix, batch, augmentation, cfg, features_fn, head_fn)
+            loss = step(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{backbone}/{augmentation}/seed {seed}: non-finite loss at epoch {epoch}")
             opt.zero_grad(set_to_none=True)
@@ -409,6 +426,7 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
             count += batch.labels.shape[0]
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         train_s = time.perf_counter() - t0
+        total, count = train_distributed.sum_over_ranks(total, count)
         valid_metrics = evaluate(model, valid, cfg.dataset_kind, cfg.eval_batch_size, cfg.device)
         epoch_s.append(time.perf_counter() - t0)
         curves["train_loss"].append(total / max(count, 1))
@@ -445,6 +463,7 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
         "num_params": sum(p.numel() for p in model.parameters()),
         "num_sig_params": 0 if msmix is None else sum(p.numel() for p in msmix.parameters()),
         "skipped_batches": skipped,
+        "steps_per_epoch": n_batches,
         "timing": {"epoch_s": epoch_s, "train_total_s": sum(epoch_s), "test_s": test_s,
                    "total_s": time.perf_counter() - t_start},
         "checkpoint": None,
@@ -609,6 +628,9 @@ def run(cfg: TrainConfig) -> Dict[str, Any]:
     t_data = time.perf_counter()
     splits = load_data(cfg)
     data_s = time.perf_counter() - t_data
+    if not train_distributed.is_writer():  # a torchrun rank > 0 trains along and writes nothing
+        with _Threads(cfg.threads):
+            return _run(cfg, None, splits, data_s)
     out = Path(cfg.out) if cfg.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
     cfg.out = str(out)
@@ -626,7 +648,8 @@ def run(cfg: TrainConfig) -> Dict[str, Any]:
         file_handler.close()
 
 
-def _run(cfg: TrainConfig, out: Path, splits: Dict[str, MultimodalDataset], data_s: float) -> Dict[str, Any]:
+def _run(cfg: TrainConfig, out: Optional[Path], splits: Dict[str, MultimodalDataset], data_s: float
+         ) -> Dict[str, Any]:
     t0 = time.perf_counter()
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     log.info("msmix_ext %s, torch %s, device %s, %d thread(s); output: %s", msmix_ext.__version__,
@@ -642,6 +665,7 @@ def _run(cfg: TrainConfig, out: Path, splits: Dict[str, MultimodalDataset], data
         "numpy_version": np.__version__,
         "machine": machine_info(cfg.device),
         "argv": sys.argv,
+        "world_size": train_distributed.world_size(),
         "started": started,
         "data": {"train": len(train), "valid": len(splits["valid"]), "test": len(splits["test"]),
                  "feature_dims": list(train.feature_dims), "seq_lens": list(train.seq_lens),
@@ -652,7 +676,7 @@ def _run(cfg: TrainConfig, out: Path, splits: Dict[str, MultimodalDataset], data
     bar = tqdm(jobs, desc="runs", unit="run", position=0, disable=not _show_bars(cfg), dynamic_ncols=True)
     for backbone, aug, seed in bar:
         bar.set_postfix_str(f"{backbone}/{aug}/seed {seed}", refresh=True)
-        ckpt = out / "checkpoints" / f"{backbone}-{aug}-seed{seed}.pt" if cfg.save else None
+        ckpt = out / "checkpoints" / f"{backbone}-{aug}-seed{seed}.pt" if cfg.save and out else None
         record = train_one(cfg, splits, backbone, aug, seed, ckpt)
         results["runs"].append(record)
         m = record["test_metrics"]
@@ -661,11 +685,15 @@ def _run(cfg: TrainConfig, out: Path, splits: Dict[str, MultimodalDataset], data
                  cfg.main_metric, m[cfg.main_metric], record["timing"]["total_s"])
         results["summary"] = summarize(results["runs"])
         results["wall_time_s"] = time.perf_counter() - t0
-        _write_json(out / "results.json", results)  # after every run: partial results survive
+        if out is not None:
+            _write_json(out / "results.json", results)  # after every run: partial results survive
     bar.close()
     results["summary"] = summarize(results["runs"])
     table = format_table(results["summary"], len(cfg.seeds))
     results["table"] = table
+    if out is None:
+        results["out"] = None
+        return results
     (out / "results.txt").write_text(table + "\n")
     if cfg.plot:
         plot_results(results, out / "results.png")
