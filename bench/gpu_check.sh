@@ -17,8 +17,8 @@
 #
 # Time: each step has a share of the budget (SHARES, in seconds of the default 480 s,
 # scaled to the budget given) and must end by the sum of the shares up to its own, so time
-# a step leaves unused passes to the next and the run ends within the budget. A step that
-# reaches its deadline is killed and fails ("timeout").
+# a step leaves unused passes to the next and the run ends within the budget (plus up to
+# 5 s for a step killed at its deadline to exit). Such a step fails ("timeout").
 #
 # Results: a sanitizer that cannot attach to the GPU (not installed, or "Device not
 # supported", as under some GPU runtimes) is "not available", not a failure; an error it
@@ -54,7 +54,7 @@ done
 if ((BUDGET < 1)); then echo "$usage (the budget must be at least 1 s)" >&2; exit 2; fi
 
 STEPS=(build test_cuda graph suite memcheck racecheck synccheck bench)
-SHARES=(120 75 30 135 45 30 20 25)  # seconds of the default budget, 480 in all
+SHARES=(100 70 25 165 45 30 20 25)  # seconds of the default budget, 480 in all
 DEFAULT_BUDGET=480
 
 declare -A OVERRIDE=()
@@ -82,8 +82,10 @@ STEP_LOG=$(mktemp)
 trap 'rm -f "$STEP_LOG"' EXIT
 
 # --- the steps on the GPU ---------------------------------------------------------------
-# -rfEs: failures, errors and skips with their reasons (every outcome is in the JUnit XML).
-run_pytest() { "$PY" -m pytest "$@" -q -rfEs -p no:cacheprovider; }
+# -v: each test's outcome reaches the log as it ends, so a step killed at its deadline still
+# shows what ran and where it stopped; -rfEs: failures, errors and skips with their reasons
+# at the end; the JUnit XML (written when pytest ends) holds every outcome.
+run_pytest() { "$PY" -m pytest "$@" -v -rfEs -p no:cacheprovider; }
 
 gpu_build() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -5,8 +5,8 @@ it has two (16-byte vectors and the scalar fallback; valid pairs and the
 fallback draw; one and several batches of inverse-index entries), with sizes
 small enough that memcheck and racecheck finish in seconds:
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python bench/gpu_sanitize.py
-    compute-sanitizer --tool racecheck --kernel-name kns=msmix --error-exitcode 1 python bench/gpu_sanitize.py
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 bench/gpu_sanitize.py
+    compute-sanitizer --tool racecheck --kernel-name kns=msmix --error-exitcode 1 python3 bench/gpu_sanitize.py
 
 ``--device cpu`` runs the same calls on the CPU kernels (bench/gpu_check.sh --dry-run), less
 the non-finite features, which the CPU rejects where CUDA turns them into NaN similarities.
