@@ -54,7 +54,7 @@ done
 if ((BUDGET < 1)); then echo "$usage (the budget must be at least 1 s)" >&2; exit 2; fi
 
 STEPS=(build test_cuda graph suite memcheck racecheck synccheck bench)
-SHARES=(100 70 25 165 45 30 20 25)  # seconds of the default budget, 480 in all
+SHARES=(140 70 25 125 45 30 20 25)  # seconds of the default budget, 480 in all
 DEFAULT_BUDGET=480
 
 declare -A OVERRIDE=()

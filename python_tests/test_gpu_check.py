@@ -35,7 +35,7 @@ def dry_run(out: pathlib.Path, budget: int, override: str) -> tuple[subprocess.C
 
 
 def test_a_failing_step_does_not_stop_the_later_ones(tmp_path):
-    # The build hangs until its deadline (16 s * 100 / 480 = 3 s), test_cuda fails, memcheck
+    # The build hangs until its deadline (16 s * 140 / 480 = 4 s), test_cuda fails, memcheck
     # cannot attach, racecheck finds an error: every step still runs, in order.
     run, rows = dry_run(tmp_path, 16, "build=hang test_cuda=fail memcheck=unsupported racecheck=errors *=pass")
     assert run.returncode == 1, run.stdout + run.stderr
@@ -50,9 +50,9 @@ def test_a_failing_step_does_not_stop_the_later_ones(tmp_path):
     assert starts == sorted(starts)
     assert "stand-in for bench: passes" in log
     # each step's cap ends at its deadline, the budget's shares summed up to it: in order, inside
-    # the budget, the build's at 16 * 100 / 480 = 3 s and the last one's at the budget itself
+    # the budget, the build's at 16 * 140 / 480 = 4 s and the last one's at the budget itself
     deadlines = [row["start"] + row["cap"] for row in rows.values()]
-    assert deadlines == sorted(deadlines) and deadlines[0] == 3 and deadlines[-1] == 16
+    assert deadlines == sorted(deadlines) and deadlines[0] == 4 and deadlines[-1] == 16
 
 
 def test_all_steps_passing_exit_zero(tmp_path):
