@@ -39,14 +39,11 @@ import torch
 import msmix_ext as mx
 
 from conftest import requires_extension
-from helpers import chi_square_pvalue
+from helpers import chi_square_pvalue, golomb_feats, golomb_similarity
 
 pytestmark = requires_extension
 
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden" / "sass_draws.json"
-# An optimal 8-mark Golomb ruler: all 28 differences of two marks are distinct (1..34).
-MARKS = [0, 1, 4, 9, 15, 22, 32, 34]
-STEP = math.pi / 34  # angle differences in (0, pi]: cos is strictly decreasing over them
 # float32 S' is exact to a few 1e-7; every gap the draws depend on must be far larger.
 MIN_GAP = 1e-3
 
@@ -60,36 +57,20 @@ CASES = {
 }
 
 
-def golomb_feats(device="cpu"):
-    """Two modalities, [8, 2] and [8, 3, 2]: the same unit vector (repeated) per sample."""
-    angles = torch.tensor(MARKS, dtype=torch.float64) * STEP
-    unit = torch.stack([angles.cos(), angles.sin()], dim=1)
-    return [unit.to(device), unit[:, None, :].expand(8, 3, 2).contiguous().to(device)]
-
-
-def exact_similarity():
-    """S' by hand: S_ij = cos(STEP * (mark_i - mark_j)), min-max over i != j."""
-    s = [[math.cos(STEP * (a - b)) for b in MARKS] for a in MARKS]
-    off = [s[i][j] for i in range(8) for j in range(8) if i != j]
-    lo, hi = min(off), max(off)
-    return torch.tensor([[0.0 if i == j else (s[i][j] - lo) / (hi - lo) for j in range(8)] for i in range(8)],
-                        dtype=torch.float64)
-
-
 def test_golden_inputs_have_no_near_ties():
-    s = exact_similarity()
+    s = golomb_similarity()
     upper = sorted((float(s[i, j]) for i in range(8) for j in range(i + 1, 8)), reverse=True)
     # distinct S' for every unordered pair: fallback ranks and the candidate cut are robust
     assert min(a - b for a, b in zip(upper, upper[1:])) > MIN_GAP
     for name, case in CASES.items():
         assert min(abs(v - case["threshold"]) for v in upper) > MIN_GAP, name
     # the fused S' agrees with the hand formula to float32 rounding, far inside the gaps
-    torch.testing.assert_close(mx.similarity([f.float() for f in golomb_feats()]).double(), s,
+    torch.testing.assert_close(mx.similarity(golomb_feats(dtype=torch.float32)).double(), s,
                                rtol=0, atol=1e-5)
 
 
 def test_golden_cases_take_the_intended_branch():
-    s = exact_similarity()
+    s = golomb_similarity()
     valid = lambda t: int((s > t).sum())  # noqa: E731  (the diagonal is 0, never above t)
     assert valid(CASES["valid"]["threshold"]) >= CASES["valid"]["num_mix"]
     assert valid(CASES["fallback"]["threshold"]) < CASES["fallback"]["num_mix"] < 28 / 2
@@ -97,7 +78,7 @@ def test_golden_cases_take_the_intended_branch():
 
 
 def draw(case, device="cpu", dtype=torch.float64):
-    feats = [f.to(dtype) for f in golomb_feats(device)]
+    feats = golomb_feats(device, dtype)
     out = mx.fused_mix(feats, torch.zeros(8, dtype=dtype, device=device), torch.zeros(2, 8, device=device),
                        num_mix=case["num_mix"], threshold=case["threshold"], alpha=case["alpha"], seed=case["seed"])
     return out.idx1.cpu().tolist(), out.idx2.cpu().tolist(), out.lam0.cpu().double().tolist()
@@ -135,7 +116,7 @@ def _ordered_pair_counts(batch, idx1, idx2):
 
 def test_valid_draw_is_uniform_without_replacement():
     # Golomb inputs, threshold 0.55: V holds 30 of the 56 ordered pairs.
-    s = exact_similarity()
+    s = golomb_similarity()
     feats = golomb_feats()
     threshold, num_mix, draws = 0.55, 5, 3000
     valid = torch.nonzero((s > threshold).reshape(-1)).reshape(-1)
