@@ -274,3 +274,16 @@ def test_objective_rejects_an_unknown_clean_loss():
                        torch.zeros(1, 0), torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0))
     with pytest.raises(ValueError, match="clean_loss"):
         mx.msmix_objective(torch.zeros(2), out, torch.zeros(2), torch.zeros(()), clean_loss="huber")
+
+
+def test_threshold_is_strict():
+    # Identical samples: every S' is 0.5 (design.md §4.3). At threshold 0.5 no pair is
+    # valid (S' > delta, strictly), so the fallback draws unordered pairs i < j only.
+    feats = [torch.ones(4, 3)]
+    for seed in range(20):
+        idx1, idx2 = mx.sass_select(feats, 3, threshold=0.5, seed=seed)
+        assert (idx1 < idx2).all()
+        assert (idx1 * 4 + idx2).unique().numel() == 3
+    # just below 0.5 all 12 ordered pairs are valid, so some i > j appear
+    later = [mx.sass_select(feats, 3, threshold=0.4999, seed=seed) for seed in range(20)]
+    assert any((i > j).any() for i, j in later)
