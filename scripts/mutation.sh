@@ -24,8 +24,10 @@ PY=$ROOT/.venv/bin/python
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 MUTATE='["msmix_ext/mixing.py", "msmix_ext/ratios.py", "msmix_ext/augment.py", "msmix_ext/module.py",
   "msmix_ext/sig.py", "msmix_ext/train/metrics.py"]'
-FAST=(python_tests/test_ops.py python_tests/test_draws.py python_tests/test_parameters.py
-      python_tests/test_msmix.py python_tests/test_augment.py python_tests/test_errors.py
+# The C++ mutants' suite: the op tests, quickest and most sensitive first (-x stops at the
+# first failure, so a killed mutant costs seconds; a survivor runs all of it).
+FAST=(python_tests/test_draws.py python_tests/test_parameters.py python_tests/test_errors.py
+      python_tests/test_ops.py python_tests/test_msmix.py python_tests/test_augment.py
       python_tests/test_hardening.py -k "not leak and not compile and not export and not threads")
 
 copy_repo() {  # tracked and new (not ignored) files, plus the built extension
@@ -42,7 +44,7 @@ run_python() {
 [tool.mutmut]
 source_paths = ["msmix_ext"]
 only_mutate = $MUTATE
-also_copy = ["python_tests"]
+also_copy = ["python_tests", "README.md"]
 pytest_add_cli_args_test_selection = ["python_tests"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q", "-k",
   "not leak and not compile and not export and not threads and not every_augmentation_runs"]
