@@ -210,3 +210,38 @@ def test_runner_builds_sig_from_its_config():
     assert all(p.num_heads == 2 and p.max_intensity == 1.0 for p in msmix.predictors)
     for name in ("none", "mixup", "manifold", "multimix", "msmix-no-sig"):
         assert runner.build_run("late_fusion", name, 0, (16, 5, 20), cfg)[1] is None
+
+
+# --- augment() passes num_mix, alpha and threshold to every variant ---------------------------
+
+@pytest.mark.parametrize("name", ["msmix", "msmix-no-sal", "msmix-no-sig", "msmix-no-sass", "multimix"])
+def test_augment_passes_num_mix(name):
+    out = aug.augment(name, golomb_feats(), _labels(), torch.zeros(2, B, dtype=torch.float64), num_mix=5)
+    assert out.idx1.shape == (5,) and out.labels.shape == (B + 5,)
+    assert aug.augment(name, golomb_feats(), _labels(), torch.zeros(2, B)).idx1.shape == (B,)
+
+
+@pytest.mark.parametrize("name", ["msmix", "msmix-no-sal", "msmix-no-sig"])
+def test_augment_passes_threshold_to_sass(name):
+    valid = {(i, j) for i in range(B) for j in range(B) if golomb_similarity()[i, j] > 0.915}
+    seen = set()
+    for _ in range(60):
+        out = aug.augment(name, golomb_feats(), _labels(), torch.zeros(2, B), num_mix=4, threshold=0.915)
+        seen |= set(zip(out.idx1.tolist(), out.idx2.tolist()))
+    assert seen == valid
+
+
+@pytest.mark.parametrize("name", ["msmix", "msmix-no-sal", "msmix-no-sass"])
+def test_augment_passes_alpha(name):
+    feats = [torch.randn(6, 3, generator=torch.Generator().manual_seed(1))]
+    for alpha in (0.3, 5.0):
+        out = aug.augment(name, feats, torch.zeros(6), torch.zeros(1, 6), num_mix=4000, alpha=alpha)
+        assert out.lam0.double().var().item() == pytest.approx(beta_variance(alpha), rel=0.1)
+
+
+def test_augment_rejects_unknown_names_and_missing_intensities():
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        aug.augment("cutmix", golomb_feats(), _labels())
+    for name in ("msmix", "msmix-no-sal", "msmix-no-sass"):
+        with pytest.raises(ValueError, match="needs SIG intensities"):
+            aug.augment(name, golomb_feats(), _labels())

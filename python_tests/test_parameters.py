@@ -287,3 +287,11 @@ def test_threshold_is_strict():
     # just below 0.5 all 12 ordered pairs are valid, so some i > j appear
     later = [mx.sass_select(feats, 3, threshold=0.4999, seed=seed) for seed in range(20)]
     assert any((i > j).any() for i, j in later)
+
+
+def test_sig_dropout_only_in_training():
+    torch.manual_seed(0)
+    p = mx.IntensityPredictor(6, num_heads=2, dropout=0.9).double()
+    x = torch.randn(5, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(p.eval()(x), _sig_by_hand(p, x, 2, 3.0))
+    assert not torch.allclose(p.train()(x), _sig_by_hand(p, x, 2, 3.0))
