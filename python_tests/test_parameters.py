@@ -295,3 +295,14 @@ def test_sig_dropout_only_in_training():
     x = torch.randn(5, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(p.eval()(x), _sig_by_hand(p, x, 2, 3.0))
     assert not torch.allclose(p.train()(x), _sig_by_hand(p, x, 2, 3.0))
+
+
+def test_intensities_as_a_sequence_of_tensors():
+    # design.md Inputs: [M, B], or M tensors [B] (or [B, 1], as a head's output)
+    intensities = torch.randn(2, B, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    labels = torch.zeros(B, dtype=torch.float64)
+    want = mx.fused_mix(golomb_feats(), labels, intensities, num_mix=6, threshold=0.2, seed=1).lam
+    for form in ([intensities[0], intensities[1]], [intensities[0, :, None], intensities[1, :, None]]):
+        got = mx.fused_mix(golomb_feats(), labels, form, num_mix=6, threshold=0.2, seed=1).lam
+        assert torch.equal(got, want)
+    assert mx.sentiment_alignment_loss(list(intensities), labels) == mx.sentiment_alignment_loss(intensities, labels)
