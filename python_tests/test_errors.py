@@ -126,3 +126,8 @@ def test_similarity_nan_error_names_similarity():
 def test_mix_ratios_errors(intensities, idx1, idx2, lam0, message):
     with pytest.raises(ValueError, match=message):
         mx.mix_ratios(intensities, torch.tensor(idx1), torch.tensor(idx2), torch.tensor(lam0))
+
+
+def test_integer_intensities_are_refused():
+    with pytest.raises(TypeError, match=r"intensities must be floating, got torch.int64"):
+        mx.fused_mix(_feats(), torch.randn(6), torch.ones(2, 6, dtype=torch.long))
