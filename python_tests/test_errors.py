@@ -131,3 +131,32 @@ def test_mix_ratios_errors(intensities, idx1, idx2, lam0, message):
 def test_integer_intensities_are_refused():
     with pytest.raises(TypeError, match=r"intensities must be floating, got torch.int64"):
         mx.fused_mix(_feats(), torch.randn(6), torch.ones(2, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dims=[]), r"dims must name at least one modality width"),
+    (dict(dims=[4], alpha=0.0), r"alpha must be > 0, got 0.0"),
+    (dict(dims=[4], threshold=1.0), r"threshold must be in \[0, 1\), got 1.0"),
+    (dict(dims=[4], threshold=-0.01), r"threshold must be in \[0, 1\), got -0.01"),
+])
+def test_msmix_constructor_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mx.MSMix(**kwargs)
+
+
+def test_msmix_accepts_threshold_zero():
+    assert mx.MSMix([4], threshold=0.0).threshold == 0.0
+
+
+def test_msmix_modality_count_errors():
+    module = mx.MSMix([4, 3])
+    with pytest.raises(ValueError, match=r"MSMix was built for 2 modalities, got 1 feats"):
+        module.intensities([torch.randn(6, 4)])
+    with pytest.raises(ValueError, match=r"masks must hold one entry per modality \(2\), got 1"):
+        module.intensities(_feats(), [None])
+
+
+def test_objective_row_count_error():
+    out = mx.fused_mix(_feats(), torch.randn(6), torch.randn(2, 6), num_mix=4, seed=0)
+    with pytest.raises(ValueError, match=r"pred must have B \+ K = 10 rows, got 9"):
+        mx.msmix_objective(torch.zeros(9), out, torch.randn(6), torch.zeros(()))

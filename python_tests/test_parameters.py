@@ -306,3 +306,32 @@ def test_intensities_as_a_sequence_of_tensors():
         got = mx.fused_mix(golomb_feats(), labels, form, num_mix=6, threshold=0.2, seed=1).lam
         assert torch.equal(got, want)
     assert mx.sentiment_alignment_loss(list(intensities), labels) == mx.sentiment_alignment_loss(intensities, labels)
+
+
+# --- documented defaults (design.md §4.4, 5, 7) --------------------------------------------------
+
+def test_defaults_threshold_alpha_and_objective_weights():
+    # MSMix and fused_mix: alpha 2 (lam0's variance), threshold 0.4 (the pairs reached)
+    torch.manual_seed(0)
+    labels = torch.linspace(-3, 3, B, dtype=torch.float64)
+    module = mx.MSMix([2, 2], num_heads=1, num_mix=4000).double().train()
+    _assert_beta_variance(module(golomb_feats(), labels, seed=2)[0].lam0, 2.0)
+    _assert_beta_variance(mx.fused_mix(golomb_feats(), labels, torch.zeros(2, B), num_mix=4000, seed=2).lam0, 2.0)
+    small = mx.MSMix([2, 2], num_heads=1, num_mix=4).double().train()
+    for draw in (lambda s: small(golomb_feats(), labels, seed=s)[0],
+                 lambda s: mx.fused_mix(golomb_feats(), labels, torch.zeros(2, B), num_mix=4, seed=s)):
+        seen = set()
+        for seed in range(150):
+            out = draw(seed)
+            seen |= set(_pairs(out.idx1, out.idx2))
+        assert seen == _valid_set(0.4)
+    # objective: L1 clean loss, mix weight 0.7, SAL weight 0.5; and one mixed row (K = 1) counts
+    labels = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    pred = torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)
+    lam = torch.tensor([0.25], dtype=torch.float64)
+    idx1, idx2 = torch.tensor([0]), torch.tensor([1])
+    one = mx.MixOutput([], labels, idx1, idx2, lam[None], lam, labels[idx1], labels[idx2], lam)
+    clean = (0.5 + 2.0) / 2
+    mixed = 0.25 * (2.0 - 0.5) ** 2 + 0.75 * (2.0 + 1.0) ** 2
+    got = mx.msmix_objective(pred, one, labels, torch.tensor(2.0, dtype=torch.float64))
+    assert got.item() == pytest.approx(clean + 0.7 * mixed + 0.5 * 2.0, rel=1e-12)
