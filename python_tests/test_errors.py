@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -160,3 +162,32 @@ def test_objective_row_count_error():
     out = mx.fused_mix(_feats(), torch.randn(6), torch.randn(2, 6), num_mix=4, seed=0)
     with pytest.raises(ValueError, match=r"pred must have B \+ K = 10 rows, got 9"):
         mx.msmix_objective(torch.zeros(9), out, torch.randn(6), torch.zeros(()))
+
+
+def test_intensity_predictor_argument_errors():
+    for kwargs in (dict(dim=0), dict(dim=4, num_heads=0)):
+        with pytest.raises(ValueError, match=r"dim and num_heads must be >= 1"):
+            mx.IntensityPredictor(**kwargs)
+    assert mx.IntensityPredictor(1, num_heads=1)(torch.randn(3, 1)).shape == (3,)  # D = 1 is fine
+    p = mx.IntensityPredictor(4, num_heads=2)
+    # a pooled input is reported as the one-token sequence it becomes
+    for shape, shown in (((3, 5), "[3, 1, 5]"), ((3, 2, 5), "[3, 2, 5]"), ((3, 2, 2, 4), "[3, 2, 2, 4]")):
+        with pytest.raises(ValueError, match=r"IntensityPredictor\(dim=4\) takes \[B, 4\] or \[B, T, 4\], got "
+                                             + re.escape(shown)):
+            p(torch.randn(*shape))
+
+
+def test_empty_mask_rows_are_listed_up_to_five():
+    mask = torch.ones(8, 2, dtype=torch.bool)
+    mask[1:8] = False  # seven samples without a valid token
+    with pytest.raises(ValueError, match=r"pads out every token of samples \[1, 2, 3, 4, 5\];"):
+        mx.IntensityPredictor(3, num_heads=1)(torch.randn(8, 2, 3), mask)
+
+
+def test_sal_argument_errors():
+    with pytest.raises(ValueError, match=r"max_intensity must be > 0, got 0.0"):
+        mx.sentiment_alignment_loss(torch.randn(2, 5), torch.randn(5), max_intensity=0.0)
+    with pytest.raises(ValueError, match=r"intensities must be \[M, B\] with B = 5 \(the labels' batch\), got \[2, 6\]"):
+        mx.sentiment_alignment_loss(torch.randn(2, 6), torch.randn(5))
+    with pytest.raises(ValueError, match=r"got \[10\]"):
+        mx.sentiment_alignment_loss(torch.randn(10), torch.randn(5))
