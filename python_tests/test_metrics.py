@@ -223,3 +223,11 @@ def test_has0_and_non0_at_zero_labels():
     m = _check_against_hand(p, y)
     assert m["Has0_acc_2"] == pytest.approx(2 / 4)  # idx0 right, idx1 wrong, idx2 right, idx3 wrong
     assert m["Non0_acc_2"] == pytest.approx(1 / 2)
+
+
+def test_acc7_and_acc5_clip_predictions_below_the_range():
+    # p = -3.6 clips to -3 and matches y = -3 under acc-7 (unclipped it would round to -4);
+    # p = -2.6 clips to -2 and matches y = -2 under acc-5 (unclipped: -3)
+    m = _check_against_hand([-3.6, -2.6], [-3.0, -2.0])
+    assert m["Mult_acc_7"] == pytest.approx(1 / 2)  # -2.6 -> -3 vs -2
+    assert m["Mult_acc_5"] == 1.0

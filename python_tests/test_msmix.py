@@ -59,7 +59,15 @@ def test_sig_matches_hand_computation(dim, heads, tokens, masked):
         mask = torch.arange(tokens)[None, :] < lengths[:, None]
     got = p(x, mask)
     assert got.shape == (batch,)
+    # design.md §1: widths above 2000 are projected to 1024 first (the hand computation uses p.project)
+    assert (p.project is not None) == (dim > 2000)
     torch.testing.assert_close(got, _sig_by_hand(p, x, mask))
+
+
+def test_sig_projects_widths_above_2000_only():
+    assert mx.IntensityPredictor(2000).project is None
+    wide = mx.IntensityPredictor(2001, num_heads=3)
+    assert (wide.project.in_features, wide.project.out_features, wide.width) == (2001, 1024, 1026)
 
 
 def test_sig_ignores_padded_tokens():
