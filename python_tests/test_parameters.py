@@ -335,3 +335,21 @@ def test_defaults_threshold_alpha_and_objective_weights():
     mixed = 0.25 * (2.0 - 0.5) ** 2 + 0.75 * (2.0 + 1.0) ** 2
     got = mx.msmix_objective(pred, one, labels, torch.tensor(2.0, dtype=torch.float64))
     assert got.item() == pytest.approx(clean + 0.7 * mixed + 0.5 * 2.0, rel=1e-12)
+
+
+def test_defaults_sig_heads_range_and_sal_scale():
+    # design.md Public API: IntensityPredictor(dim, num_heads=4, max_intensity=3.0), SAL R = 3,
+    # scale = 1000, and MSMix passes the same defaults on. Width 6 with 4 heads pads to 8.
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 3, 6, generator=g, dtype=torch.float64)
+    labels = torch.randn(5, generator=g, dtype=torch.float64)
+    p = mx.IntensityPredictor(6).double()
+    torch.testing.assert_close(p(x), _sig_by_hand(p, x, 4, 3.0))
+    module = mx.MSMix([6]).double().train()
+    intensities = _sig_by_hand(module.predictors[0], x, 4, 3.0)[None]
+    torch.testing.assert_close(module.intensities([x]), intensities)
+    _, sal = module([x], labels, seed=0)
+    assert sal.item() == pytest.approx(_sal_by_hand(intensities.tolist(), labels.tolist(), 3.0, 1000.0), rel=1e-9)
+    assert mx.sentiment_alignment_loss(intensities, labels).item() == pytest.approx(
+        _sal_by_hand(intensities.tolist(), labels.tolist(), 3.0, 1000.0), rel=1e-9)
