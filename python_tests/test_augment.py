@@ -36,6 +36,14 @@ def test_random_pairs_are_uniform_over_ordered_pairs_and_never_self_pairs():
     assert chi_square_pvalue(counts[off], draws / 30) > 1e-3
 
 
+def test_random_pairs_small_batches_and_device(device):
+    idx1, idx2 = aug.random_pairs(2, 50, device)
+    assert idx1.device.type == idx2.device.type == torch.device(device).type
+    assert set(zip(idx1.tolist(), idx2.tolist())) == {(0, 1), (1, 0)}
+    with pytest.raises(ValueError, match=r"pairing needs a batch of at least 2 samples, got B = 1"):
+        aug.random_pairs(1, 3)
+
+
 def test_no_sass_pairs_ignore_similarity_and_keep_sig_ratios():
     torch.manual_seed(1)
     intensities = torch.randn(2, B, dtype=torch.float64)

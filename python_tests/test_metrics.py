@@ -231,3 +231,10 @@ def test_acc7_and_acc5_clip_predictions_below_the_range():
     m = _check_against_hand([-3.6, -2.6], [-3.0, -2.0])
     assert m["Mult_acc_7"] == pytest.approx(1 / 2)  # -2.6 -> -3 vs -2
     assert m["Mult_acc_5"] == 1.0
+
+
+def test_sims_clips_labels_too():
+    # MetricsTop (SIMS) clips labels to [-1, 1] as well, before binning and MAE
+    m = regression_metrics([-1.0, 1.0, 0.5], [-1.8, 1.6, 0.5], "sims")
+    assert m["MAE"] == 0.0
+    assert m["Mult_acc_2"] == m["Mult_acc_3"] == m["Mult_acc_5"] == 1.0
