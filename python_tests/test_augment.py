@@ -253,3 +253,20 @@ def test_augment_rejects_unknown_names_and_missing_intensities():
     for name in ("msmix", "msmix-no-sal", "msmix-no-sass"):
         with pytest.raises(ValueError, match="needs SIG intensities"):
             aug.augment(name, golomb_feats(), _labels())
+
+
+def test_runner_manifold_mixes_at_every_hidden_layer():
+    # manifold mixup draws the layer uniformly from 0 .. hidden_layers
+    cfg = runner.TrainConfig()
+    model, _ = runner.build_run("late_fusion", "manifold", 0, (16, 5, 20), cfg)
+    layers = []
+
+    def head(feats, masks, mix_fn, layer):
+        layers.append(layer)
+        return model.head(feats, masks, mix_fn, layer)
+
+    torch.manual_seed(12)
+    batch = _Batch(torch.Generator().manual_seed(0))
+    for _ in range(40):
+        runner.train_step(model, None, batch, "manifold", cfg, head_fn=head)
+    assert set(layers) == set(range(model.hidden_layers + 1))
