@@ -270,3 +270,37 @@ def test_runner_manifold_mixes_at_every_hidden_layer():
     for _ in range(40):
         runner.train_step(model, None, batch, "manifold", cfg, head_fn=head)
     assert set(layers) == set(range(model.hidden_layers + 1))
+
+
+def test_augment_function_defaults():
+    # msmix_no_sig: threshold 0.4, alpha 2; msmix_no_sass: alpha 2; multimix: alpha 1
+    torch.manual_seed(13)
+    valid = {(i, j) for i in range(B) for j in range(B) if golomb_similarity()[i, j] > 0.4}
+    seen = set()
+    for _ in range(100):
+        out = aug.msmix_no_sig(golomb_feats(), _labels(), num_mix=4)
+        seen |= set(zip(out.idx1.tolist(), out.idx2.tolist()))
+    assert seen == valid
+    feats = [torch.randn(6, 3, generator=torch.Generator().manual_seed(1))]
+    for out in (aug.msmix_no_sig(feats, torch.zeros(6), num_mix=4000),
+                aug.msmix_no_sass(feats, torch.zeros(6), torch.zeros(1, 6), num_mix=4000)):
+        assert out.lam0.double().var().item() == pytest.approx(beta_variance(2.0), rel=0.1)
+    w = aug.multimix([torch.eye(4)], torch.zeros(4), num_mix=5000).feats[0][4:]
+    assert w.double().var(0).mean().item() == pytest.approx(3 / (16 * (4 * 1.0 + 1)), rel=0.1)
+
+
+def test_multimix_with_column_labels_and_its_bookkeeping():
+    torch.manual_seed(14)
+    y = torch.tensor([[-2.0], [0.5], [1.0]], dtype=torch.float64)
+    out = aug.multimix([torch.eye(3, dtype=torch.float64)], y, num_mix=4)
+    w = out.feats[0][3:]
+    assert out.labels.shape == (7, 1) and out.labels1.shape == (4, 1)
+    torch.testing.assert_close(out.labels[3:], w @ y)
+    assert torch.equal(out.idx2, out.idx1) and torch.equal(out.lam0.double(), w.max(1).values)
+
+
+@pytest.mark.parametrize("name", ["mixup", "multimix", "msmix", "msmix-no-sig", "msmix-no-sass"])
+def test_augmentations_stay_on_the_features_device(device, name):
+    out = aug.augment(name, golomb_feats(device), _labels().to(device), torch.zeros(2, B, device=device))
+    for t in (*out.feats, out.labels, out.idx1, out.idx2, out.lam, out.lam_label, out.lam0):
+        assert t.device.type == torch.device(device).type
