@@ -191,3 +191,8 @@ def test_sal_argument_errors():
         mx.sentiment_alignment_loss(torch.randn(2, 6), torch.randn(5))
     with pytest.raises(ValueError, match=r"got \[10\]"):
         mx.sentiment_alignment_loss(torch.randn(10), torch.randn(5))
+
+
+def test_fused_mix_without_modalities():
+    with pytest.raises(ValueError, match=r"^feats must hold at least one modality, got M = 0$"):
+        mx.fused_mix([], torch.randn(6), torch.randn(0, 6))
