@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -127,3 +129,82 @@ def test_second_derivative_through_mix_is_refused_clearly():
 def test_similarity_nan_error_names_similarity():
     with pytest.raises(RuntimeError, match=r"^similarity: feats\[0\] contains NaN or Inf"):
         mx.similarity([torch.full((3, 2), float("nan"))])
+
+
+@pytest.mark.parametrize("intensities,idx1,idx2,lam0,message", [
+    (torch.rand(6), [0, 1], [2, 3], [0.5, 0.5], r"intensities must be \[M, B\], got \[6\]"),
+    (torch.rand(2, 6), [0, 1, 2], [2, 3], [0.5, 0.5, 0.5], r"idx1, idx2 and lam0 must all be \[K\], got \[3\], \[2\], \[3\]"),
+    (torch.rand(2, 6), [0, 1], [2, 3], [0.5], r"must all be \[K\], got \[2\], \[2\], \[1\]"),
+    (torch.rand(2, 6), [[0, 1]], [[2, 3]], [[0.5, 0.5]], r"must all be \[K\], got \[1, 2\]"),
+])
+def test_mix_ratios_errors(intensities, idx1, idx2, lam0, message):
+    with pytest.raises(ValueError, match=message):
+        mx.mix_ratios(intensities, torch.tensor(idx1), torch.tensor(idx2), torch.tensor(lam0))
+
+
+def test_integer_intensities_are_refused():
+    with pytest.raises(TypeError, match=r"intensities must be floating, got torch.int64"):
+        mx.fused_mix(_feats(), torch.randn(6), torch.ones(2, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dims=[]), r"dims must name at least one modality width"),
+    (dict(dims=[4], alpha=0.0), r"alpha must be > 0, got 0.0"),
+    (dict(dims=[4], threshold=1.0), r"threshold must be in \[0, 1\), got 1.0"),
+    (dict(dims=[4], threshold=-0.01), r"threshold must be in \[0, 1\), got -0.01"),
+])
+def test_msmix_constructor_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mx.MSMix(**kwargs)
+
+
+def test_msmix_accepts_threshold_zero():
+    assert mx.MSMix([4], threshold=0.0).threshold == 0.0
+
+
+def test_msmix_modality_count_errors():
+    module = mx.MSMix([4, 3])
+    with pytest.raises(ValueError, match=r"MSMix was built for 2 modalities, got 1 feats"):
+        module.intensities([torch.randn(6, 4)])
+    with pytest.raises(ValueError, match=r"masks must hold one entry per modality \(2\), got 1"):
+        module.intensities(_feats(), [None])
+
+
+def test_objective_row_count_error():
+    out = mx.fused_mix(_feats(), torch.randn(6), torch.randn(2, 6), num_mix=4, seed=0)
+    with pytest.raises(ValueError, match=r"pred must have B \+ K = 10 rows, got 9"):
+        mx.msmix_objective(torch.zeros(9), out, torch.randn(6), torch.zeros(()))
+
+
+def test_intensity_predictor_argument_errors():
+    for kwargs in (dict(dim=0), dict(dim=4, num_heads=0)):
+        with pytest.raises(ValueError, match=r"dim and num_heads must be >= 1"):
+            mx.IntensityPredictor(**kwargs)
+    assert mx.IntensityPredictor(1, num_heads=1)(torch.randn(3, 1)).shape == (3,)  # D = 1 is fine
+    p = mx.IntensityPredictor(4, num_heads=2)
+    # a pooled input is reported as the one-token sequence it becomes
+    for shape, shown in (((3, 5), "[3, 1, 5]"), ((3, 2, 5), "[3, 2, 5]"), ((3, 2, 2, 4), "[3, 2, 2, 4]")):
+        with pytest.raises(ValueError, match=r"IntensityPredictor\(dim=4\) takes \[B, 4\] or \[B, T, 4\], got "
+                                             + re.escape(shown)):
+            p(torch.randn(*shape))
+
+
+def test_empty_mask_rows_are_listed_up_to_five():
+    mask = torch.ones(8, 2, dtype=torch.bool)
+    mask[1:8] = False  # seven samples without a valid token
+    with pytest.raises(ValueError, match=r"pads out every token of samples \[1, 2, 3, 4, 5\];"):
+        mx.IntensityPredictor(3, num_heads=1)(torch.randn(8, 2, 3), mask)
+
+
+def test_sal_argument_errors():
+    with pytest.raises(ValueError, match=r"max_intensity must be > 0, got 0.0"):
+        mx.sentiment_alignment_loss(torch.randn(2, 5), torch.randn(5), max_intensity=0.0)
+    with pytest.raises(ValueError, match=r"intensities must be \[M, B\] with B = 5 \(the labels' batch\), got \[2, 6\]"):
+        mx.sentiment_alignment_loss(torch.randn(2, 6), torch.randn(5))
+    with pytest.raises(ValueError, match=r"got \[10\]"):
+        mx.sentiment_alignment_loss(torch.randn(10), torch.randn(5))
+
+
+def test_fused_mix_without_modalities():
+    with pytest.raises(ValueError, match=r"^feats must hold at least one modality, got M = 0$"):
+        mx.fused_mix([], torch.randn(6), torch.randn(0, 6))
