@@ -51,5 +51,7 @@ def test_report_pairs_by_seed_within_backbone_and_fraction():
     assert full["MAE"]["p"] == 2 / 8 and full["Corr"]["mean"] == 0.0
     assert pairs["0.5"]["lf"]["none"]["msmix"]["MAE"]["mean"] == -1.0
     assert "mixup" not in pairs["1"]["lf"]  # no mixup runs: no comparison with it
+    with_mixup = report.paired(runs + [_run("lf", "mixup", s, 1.0) for s in (0, 1, 2)])["1"]["lf"]
+    assert set(with_mixup["none"]) == {"mixup", "msmix"} and set(with_mixup["mixup"]) == {"msmix"}
     text = report.format_paired(pairs)
     assert text.startswith("paired:") and "-0.8333" in text and "p=0.25" in text

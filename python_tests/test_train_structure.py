@@ -92,3 +92,12 @@ def test_cli_rejects_bad_fractions(capsys):
     with pytest.raises(SystemExit):
         main([*TINY_ARGS, "--train-fraction", "0.5,1.5"])
     assert "train fractions must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_backbone_options_are_checked():
+    with pytest.raises(ValueError, match="not among the backbones"):
+        runner.TrainConfig(backbones=("late_fusion",), backbone_options={"mult": {"reduced": False}}).validate()
+    with pytest.raises(ValueError, match=r"backbone_options\['late_fusion'\] must be a dict"):
+        runner.TrainConfig(backbones=("late_fusion",), backbone_options={"late_fusion": 3}).validate()
+    cfg = runner.TrainConfig(backbones=("late_fusion",), backbone_options={"late_fusion": {"hidden": 8}})
+    assert loop.build_run("late_fusion", "none", 0, (16, 5, 20), cfg)[0].feature_dims == (8, 8, 8)

@@ -104,7 +104,8 @@ def evaluate_checkpoints(paths: Sequence[str | Path], data: Optional[str] = None
                 info["augmentation"], info["seed"], ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
                 "reproduces" if same else "DIFFERS from", diff)
             runs.append({"checkpoint": str(path), "backbone": info["backbone"], "augmentation": info["augmentation"],
-                         "seed": info["seed"], "test_metrics": metrics, "saved_test_metrics": saved,
+                         "seed": info["seed"], "train_fraction": info.get("train_fraction", 1.0),  # older: 1
+                         "test_metrics": metrics, "saved_test_metrics": saved,
                          "matches_saved": same, "max_abs_diff": diff})
     summary = summarize(runs)
     results = {"mode": "eval-only", "torch_version": str(torch.__version__), "machine": machine_info(device),

@@ -75,7 +75,9 @@ class TrainConfig:
         for b in self.backbones:
             if b not in ALL_BACKBONES:
                 raise ValueError(f"unknown backbone {b!r}; choose from {', '.join(ALL_BACKBONES)}")
-        for b in self.backbone_options:
+        for b, options in self.backbone_options.items():
+            if not isinstance(options, dict):
+                raise ValueError(f"backbone_options[{b!r}] must be a dict of constructor options, got {options!r}")
             if b not in self.backbones:
                 raise ValueError(f"backbone_options names {b!r}, which is not among the backbones {list(self.backbones)}")
         if not self.augmentations:

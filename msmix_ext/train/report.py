@@ -68,7 +68,8 @@ def paired(runs: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, Dict
     for (f, b, a), seeds in by_seed.items():
         for base in PAIRED_BASELINES:
             ref = by_seed.get((f, b, base))
-            if ref is None or a == base:
+            # a baseline is compared with the baselines before it only (mixup - none, not also none - mixup)
+            if ref is None or a in PAIRED_BASELINES[:PAIRED_BASELINES.index(base) + 1]:
                 continue
             common = sorted(set(seeds) & set(ref))
             reported = [m for m in PAIRED_METRICS if common and m in ref[common[0]]]
