@@ -1,34 +1,41 @@
-"""Baseline mixup augmentations and MS-Mix ablations, in the API of :func:`fused_mix`.
+"""Baseline mixup augmentations and MS-Mix ablations: one registry, :data:`REGISTRY`.
 
-Each returns a :class:`MixOutput` whose ``B + K`` rows feed the backbone and
-whose ``lam_label`` / ``labels1`` / ``labels2`` feed :func:`msmix_objective`,
-so a training loop swaps augmentations without other changes. The pair-based
-ones reuse the fused mixing operator; their random draws come from torch's
-global generator (``torch.manual_seed`` makes them reproducible).
+Each :class:`Augmentation` states how it mixes (its ``mix`` function, in the API of
+:func:`msmix_ext.fused_mix`, and where: the feature stage or a hidden layer of the head)
+and what it adds to the loss (the mixed-sample term, and SAL or not). A training loop
+reads these fields and never tests augmentation names.
+
+Every ``mix`` returns a :class:`MixOutput` whose ``B + K`` rows feed the backbone and
+whose ``lam_label`` / ``labels1`` / ``labels2`` feed :func:`msmix_ext.msmix_objective`.
+Random draws come from torch's global generator (``torch.manual_seed`` makes them
+reproducible). Only the public ``msmix_ext`` API is used here.
 
 - ``none``: the batch unchanged (K = 0).
 - ``mixup`` (Zhang et al. 2018): pairs ``(b, perm(b))``, one Beta(alpha, alpha) ratio
   per pair shared by every modality and the label. ``manifold`` mixup is the same
-  mix applied to a hidden layer chosen at random by the training loop.
+  mix applied to a hidden layer of the head drawn uniformly per batch.
 - ``multimix`` (Venkataramanan et al. 2023): each mixed sample is a convex combination
   of the whole batch with Dirichlet(alpha) weights.
-- ``msmix``: :func:`fused_mix`; ``msmix-no-sass`` draws the pairs uniformly instead of
-  by similarity; ``msmix-no-sig`` uses ``lam = lam0`` for every modality;
-  ``msmix-no-sal`` is ``msmix`` trained with SAL weight 0.
+- ``msmix``: :func:`msmix_ext.fused_mix` (SASS pairs, SIG ratios) plus SAL;
+  ``msmix-no-sass`` draws the pairs uniformly instead of by similarity;
+  ``msmix-no-sig`` uses ``lam = lam0`` for every modality (no SIG, so no SAL);
+  ``msmix-no-sal`` is ``msmix`` without the SAL term.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
+# Public names of msmix_ext, imported from their modules because msmix_ext.module imports this one.
 from ._types import MixOutput
-from .mixing import _check_labels, fused_mix, mix, seed_tensor
-from .ratios import mix_ratios, stack_intensities
+from .mixing import fused_mix, mix, sass_select, seed_tensor
+from .ratios import mix_ratios
 
-AUGMENTATIONS = ("none", "mixup", "manifold", "multimix", "msmix", "msmix-no-sass", "msmix-no-sig",
-                 "msmix-no-sal")
+__all__ = ["AUGMENTATIONS", "Augmentation", "REGISTRY", "augment", "get", "mixup", "msmix_no_sass", "msmix_no_sig",
+           "multimix", "no_mix", "random_pairs"]
 
 
 def _beta(num: int, alpha: float, device) -> torch.Tensor:
@@ -36,6 +43,15 @@ def _beta(num: int, alpha: float, device) -> torch.Tensor:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     a = torch.tensor(float(alpha), device=device)
     return torch.distributions.Beta(a, a).sample((num,))
+
+
+def _intensity_matrix(intensities, num_modalities: int, batch: int) -> torch.Tensor:
+    """``[M, B]`` from ``[M, B]`` or M tensors ``[B]`` / ``[B, 1]``, as ``fused_mix`` accepts."""
+    if not isinstance(intensities, torch.Tensor):
+        intensities = torch.stack([t.reshape(-1) for t in intensities])
+    if intensities.shape != (num_modalities, batch):
+        raise ValueError(f"intensities must be [M, B] = [{num_modalities}, {batch}], got {list(intensities.shape)}")
+    return intensities
 
 
 def random_pairs(batch: int, num_mix: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,12 +107,12 @@ def multimix(feats: Sequence[torch.Tensor], labels: torch.Tensor, *, num_mix: in
                      top.values.expand(len(feats), num_mix), ones, mixed_y, mixed_y, top.values)
 
 
-def msmix_no_sass(feats: Sequence[torch.Tensor], labels: torch.Tensor, intensities: torch.Tensor, *,
+def msmix_no_sass(feats: Sequence[torch.Tensor], labels: torch.Tensor, intensities, *,
                   num_mix: int | None = None, alpha: float = 2.0) -> MixOutput:
     """MS-Mix with uniformly random pairs instead of SASS; SIG ratios kept."""
     feats, batch = list(feats), labels.shape[0]
     num_mix = batch if num_mix is None else num_mix
-    intensities = stack_intensities(intensities, len(feats), batch)
+    intensities = _intensity_matrix(intensities, len(feats), batch)
     idx1, idx2 = random_pairs(batch, num_mix, labels.device)
     lam0 = _beta(num_mix, alpha, labels.device)
     lam, lam_label = mix_ratios(intensities, idx1, idx2, lam0)
@@ -105,37 +121,89 @@ def msmix_no_sass(feats: Sequence[torch.Tensor], labels: torch.Tensor, intensiti
 
 def msmix_no_sig(feats: Sequence[torch.Tensor], labels: torch.Tensor, *, num_mix: int | None = None,
                  threshold: float = 0.4, alpha: float = 2.0) -> MixOutput:
-    """MS-Mix with SASS pairs but ``lam = lam0`` for every modality (no SIG)."""
+    """MS-Mix with SASS pairs but ``lam = lam0 ~ Beta(alpha, alpha)`` for every modality (no SIG)."""
     feats, batch = list(feats), labels.shape[0]
     num_mix = batch if num_mix is None else num_mix
-    # the same SASS draw as fused_mix (pairs and lam0 from one seed), without the SIG term
-    idx1, idx2, lam0 = torch.ops.msmix.sass_select(feats, num_mix, float(threshold),
-                                                   seed_tensor(device=feats[0].device), float(alpha))
+    idx1, idx2 = sass_select(feats, num_mix, threshold, seed=seed_tensor(device=feats[0].device))
+    lam0 = _beta(num_mix, alpha, labels.device)
     lam = lam0.to(labels.dtype).expand(len(feats), num_mix)
     return _pair_output(feats, labels, idx1, idx2, lam, lam[0], lam0)
 
 
-def augment(name: str, feats: Sequence[torch.Tensor], labels: torch.Tensor,
-            intensities: torch.Tensor | None = None, *, num_mix: int | None = None, alpha: float = 2.0,
-            threshold: float = 0.4, pool: str = "local", group=None) -> MixOutput:
-    """Dispatch by augmentation name (see :data:`AUGMENTATIONS`); ``manifold`` mixes like ``mixup``.
+# --- the registry ------------------------------------------------------------------------------
 
-    ``pool`` / ``group`` go to :func:`fused_mix` (``msmix``, ``msmix-no-sal``); the other
-    augmentations mix within the rank's own batch."""
-    _check_labels(labels, feats[0].shape[0])
-    if name == "none":
-        return no_mix(feats, labels)
-    if name in ("mixup", "manifold"):
-        return mixup(feats, labels, alpha=alpha)
-    if name == "multimix":
-        return multimix(feats, labels, num_mix=num_mix, alpha=alpha)
-    if name == "msmix-no-sig":
-        return msmix_no_sig(feats, labels, num_mix=num_mix, threshold=threshold, alpha=alpha)
-    if name in ("msmix", "msmix-no-sal", "msmix-no-sass"):
-        if intensities is None:
-            raise ValueError(f"augmentation {name!r} needs SIG intensities")
-        if name == "msmix-no-sass":
-            return msmix_no_sass(feats, labels, intensities, num_mix=num_mix, alpha=alpha)
-        return fused_mix(feats, labels, intensities, num_mix=num_mix, threshold=threshold, alpha=alpha,
-                         pool=pool, group=group)
-    raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}")
+MixFunction = Callable[..., MixOutput]
+"""``(feats, labels, intensities, *, num_mix, alpha, threshold, pool, group) -> MixOutput``."""
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What one augmentation does to a training step.
+
+    Attributes:
+        name: the CLI name.
+        mix: how it mixes (see :data:`MixFunction`); ``intensities`` is ``None`` unless ``uses_sig``.
+        at_hidden_layer: mix a hidden layer of the head drawn uniformly per batch (Manifold
+            Mixup) instead of the feature stage's outputs.
+        uses_sig: needs SIG intensities, so the trainer builds :class:`msmix_ext.MSMix`.
+        adds_sal: the loss adds SAL (weighted by the SAL weight) to the clean and mixed terms.
+        pools_across_ranks: under torchrun, honours ``pool="global"`` (else mixes within the rank).
+    """
+
+    name: str
+    mix: MixFunction
+    at_hidden_layer: bool = False
+    uses_sig: bool = False
+    adds_sal: bool = False
+    pools_across_ranks: bool = False
+
+
+def _fused(feats, labels, intensities, *, num_mix, alpha, threshold, pool, group) -> MixOutput:
+    return fused_mix(feats, labels, intensities, num_mix=num_mix, threshold=threshold, alpha=alpha,
+                     pool=pool, group=group)
+
+
+REGISTRY: dict[str, Augmentation] = {a.name: a for a in (
+    Augmentation("none", lambda feats, labels, intensities, **kw: no_mix(feats, labels)),
+    Augmentation("mixup", lambda feats, labels, intensities, *, alpha, **kw: mixup(feats, labels, alpha=alpha)),
+    Augmentation("manifold", lambda feats, labels, intensities, *, alpha, **kw: mixup(feats, labels, alpha=alpha),
+                 at_hidden_layer=True),
+    Augmentation("multimix", lambda feats, labels, intensities, *, num_mix, alpha, **kw:
+                 multimix(feats, labels, num_mix=num_mix, alpha=alpha)),
+    Augmentation("msmix", _fused, uses_sig=True, adds_sal=True, pools_across_ranks=True),
+    Augmentation("msmix-no-sass", lambda feats, labels, intensities, *, num_mix, alpha, **kw:
+                 msmix_no_sass(feats, labels, intensities, num_mix=num_mix, alpha=alpha),
+                 uses_sig=True, adds_sal=True),
+    Augmentation("msmix-no-sig", lambda feats, labels, intensities, *, num_mix, alpha, threshold, **kw:
+                 msmix_no_sig(feats, labels, num_mix=num_mix, threshold=threshold, alpha=alpha)),
+    Augmentation("msmix-no-sal", _fused, uses_sig=True, pools_across_ranks=True),
+)}
+
+AUGMENTATIONS = tuple(REGISTRY)
+
+
+def get(name: str) -> Augmentation:
+    """The registry entry of ``name``; a ``ValueError`` lists the choices for any other name."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENTATIONS)}") from None
+
+
+def augment(name: str, feats: Sequence[torch.Tensor], labels: torch.Tensor, intensities=None, *,
+            num_mix: int | None = None, alpha: float = 2.0, threshold: float = 0.4, pool: str = "local",
+            group=None) -> MixOutput:
+    """Mix ``feats`` / ``labels`` as the augmentation ``name`` does (``manifold`` mixes like ``mixup``).
+
+    ``intensities`` (``[M, B]``) is required by the SIG augmentations; ``pool`` / ``group``
+    reach :func:`fused_mix` for those with ``pools_across_ranks``, the others mix within
+    the rank's own batch."""
+    entry = get(name)
+    feats = list(feats)
+    if labels.dim() == 0 or labels.shape[0] != feats[0].shape[0] or not (
+            labels.dim() == 1 or (labels.dim() == 2 and labels.shape[1] == 1)):
+        raise ValueError(f"labels must be [B] or [B, 1] with B = {feats[0].shape[0]}, got {list(labels.shape)}")
+    if entry.uses_sig and intensities is None:
+        raise ValueError(f"augmentation {name!r} needs SIG intensities")
+    return entry.mix(feats, labels, intensities if entry.uses_sig else None, num_mix=num_mix, alpha=alpha,
+                     threshold=threshold, pool=pool if entry.pools_across_ranks else "local", group=group)

@@ -170,7 +170,7 @@ def test_mask_and_name_validation():
     with pytest.raises(ValueError, match="mask 2"):
         check_masks([None, None, masks[2][:, :-1]], xs)
     with pytest.raises(ValueError, match="unknown model"):
-        build_model("mult", DIMS)
+        build_model("misa", DIMS)
     with pytest.raises(ValueError, match="divisible"):
         CrossModalTransformer(DIMS, d_model=30, num_heads=4)
 

@@ -77,7 +77,7 @@ def test_mmsa_pickle_one_epoch(tmp_path, capsys):
         assert len(r["curves"]["valid"]) == 1 and r["best_epoch"] == 1
         assert math.isfinite(r["curves"]["train_loss"][0])
         assert r["timing"]["total_s"] > 0
-    summary = res["summary"]["cross_modal"]["msmix"]["MAE"]
+    summary = res["summary"]["1"]["cross_modal"]["msmix"]["MAE"]
     maes = [r["test_metrics"]["MAE"] for r in res["runs"] if (r["backbone"], r["augmentation"]) == ("cross_modal", "msmix")]
     assert summary["n"] == 2
     assert summary["mean"] == pytest.approx(np.mean(maes))

@@ -21,9 +21,10 @@ import time
 from typing import List, Optional, Sequence
 
 from msmix_ext.augment import AUGMENTATIONS
+from msmix_ext.models import MMSA_BACKBONES
 from msmix_ext.train import distributed, runner
 from msmix_ext.train.data import DataError
-from msmix_ext.train.runner import CheckpointError
+from msmix_ext.train.checkpoints import CheckpointError
 from msmix_ext.train.metrics import DATASET_KINDS
 
 _DEFAULTS = runner.TrainConfig()
@@ -52,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-standardize", action="store_true", help="do not z-score features with train statistics")
     r = p.add_argument_group("runs")
     r.add_argument("--backbones", default=",".join(_DEFAULTS.backbones),
-                   help=f"comma list from {', '.join(runner.BACKBONES)}")
+                   help=f"comma list from {', '.join(runner.ALL_BACKBONES)} ({', '.join(MMSA_BACKBONES)}: "
+                        "MMSA's models, need pip install msmix_ext[mmsa])")
+    r.add_argument("--backbone-options", default=None, metavar="JSON",
+                   help='constructor options per backbone, e.g. \'{"mult": {"reduced": false}}\' '
+                        "(MulT at MMSA's full width and depth)")
     r.add_argument("--augmentations", default=",".join(_DEFAULTS.augmentations),
                    help=f"comma list from {', '.join(AUGMENTATIONS)}")
     seeds = r.add_mutually_exclusive_group()
@@ -60,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one seed or a comma list of seeds, e.g. 42 or 0,1,2 "
                             f"(default: {','.join(map(str, _DEFAULTS.seeds))})")
     seeds.add_argument("--num-seeds", type=int, default=None, metavar="N", help="seeds 0..N-1")
+    r.add_argument("--train-fraction", default="1.0", metavar="FRACTIONS",
+                   help="comma list of fractions in (0, 1], e.g. 0.1,0.25,1.0: each run trains on a "
+                        "label-stratified subset of the training split, the same for every augmentation "
+                        "of a seed")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
     t.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
@@ -111,8 +120,10 @@ def config_from_args(args: argparse.Namespace) -> runner.TrainConfig:
         synthetic=json.loads(args.synthetic_config) if args.synthetic_config else {},
         standardize=not args.no_standardize,
         backbones=tuple(_comma_list(args.backbones)),
+        backbone_options=json.loads(args.backbone_options) if args.backbone_options else {},
         augmentations=tuple(_comma_list(args.augmentations)),
         seeds=_seeds(args),
+        train_fractions=runner.parse_fractions(args.train_fraction),
         epochs=args.epochs,
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
