@@ -273,7 +273,7 @@ def test_runner_manifold_mixes_at_every_hidden_layer():
 
 
 def test_augment_function_defaults():
-    # msmix_no_sig: threshold 0.4, alpha 2; msmix_no_sass: alpha 2; multimix: alpha 1
+    # msmix_no_sig: threshold 0.4, alpha 2; msmix_no_sass and mixup: alpha 2; multimix: alpha 1
     torch.manual_seed(13)
     valid = {(i, j) for i in range(B) for j in range(B) if golomb_similarity()[i, j] > 0.4}
     seen = set()
@@ -283,7 +283,8 @@ def test_augment_function_defaults():
     assert seen == valid
     feats = [torch.randn(6, 3, generator=torch.Generator().manual_seed(1))]
     for out in (aug.msmix_no_sig(feats, torch.zeros(6), num_mix=4000),
-                aug.msmix_no_sass(feats, torch.zeros(6), torch.zeros(1, 6), num_mix=4000)):
+                aug.msmix_no_sass(feats, torch.zeros(6), torch.zeros(1, 6), num_mix=4000),
+                aug.mixup([torch.zeros(4000, 1)], torch.zeros(4000))):
         assert out.lam0.double().var().item() == pytest.approx(beta_variance(2.0), rel=0.1)
     w = aug.multimix([torch.eye(4)], torch.zeros(4), num_mix=5000).feats[0][4:]
     assert w.double().var(0).mean().item() == pytest.approx(3 / (16 * (4 * 1.0 + 1)), rel=0.1)
