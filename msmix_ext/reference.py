@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from ._types import MixOutput
-from .ratios import mix_ratios, stack_intensities
 
 
 def degenerate_similarity_range(dtype: torch.dtype) -> float:
@@ -81,6 +80,18 @@ def sample_lam0(num_mix: int, alpha: float, dtype: torch.dtype = torch.float32,
     return beta.sample((num_mix,)).to(dtype)
 
 
+def mix_ratios(intensities: torch.Tensor, idx1: torch.Tensor, idx2: torch.Tensor,
+               lam0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """design.md §3 and 5, written out apart from ``msmix_ext.ratios`` so that the tests
+    compare two computations: ``lam [M, K]`` and ``lam_label [K]``."""
+    w = intensities.abs()
+    w = (w - w.min(dim=1, keepdim=True).values) / (w.max(dim=1, keepdim=True).values
+                                                  - w.min(dim=1, keepdim=True).values + 1e-8)
+    guided = (w[:, idx1] + 1e-8) / (w[:, idx1] + w[:, idx2] + 2e-8)
+    lam = (lam0.to(w.dtype)[None, :] + guided) / 2
+    return lam, lam.sum(dim=0) / lam.shape[0]
+
+
 def mix(feats: Sequence[torch.Tensor], labels: torch.Tensor, idx1: torch.Tensor, idx2: torch.Tensor,
         lam: torch.Tensor, lam_label: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """design.md §6: ``cat(f_m, lam_m * f_m[idx1] + (1 - lam_m) * f_m[idx2])`` for every m, and labels."""
@@ -100,7 +111,8 @@ def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor,
     """The whole pipeline (design.md §3-6). Pairs and ``lam0`` are drawn unless given."""
     batch = feats[0].shape[0]
     num_mix = batch if num_mix is None else num_mix
-    intensities = stack_intensities(intensities, len(feats), batch)
+    if not isinstance(intensities, torch.Tensor):
+        intensities = torch.stack([t.reshape(-1) for t in intensities])
     if idx1 is None or idx2 is None:
         idx1, idx2 = sass_select(feats, num_mix, threshold, generator)
     if lam0 is None:

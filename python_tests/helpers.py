@@ -37,3 +37,31 @@ def chi_square_pvalue(counts: torch.Tensor, expected: float) -> float:
     dof = counts.numel() - 1
     z = ((stat / dof) ** (1 / 3) - (1 - 2 / (9 * dof))) / math.sqrt(2 / (9 * dof))
     return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+# An optimal 8-mark Golomb ruler: the 28 differences of two marks are distinct (1..34).
+GOLOMB_MARKS = [0, 1, 4, 9, 15, 22, 32, 34]
+GOLOMB_STEP = math.pi / 34  # angle differences in (0, pi]: cos is strictly decreasing over them
+
+
+def golomb_feats(device="cpu", dtype=torch.float64):
+    """Two modalities, [8, 2] and [8, 3, 2]: one unit vector per sample at angle STEP * mark,
+    so every pair of samples has its own S' (see :func:`golomb_similarity`)."""
+    angles = torch.tensor(GOLOMB_MARKS, dtype=torch.float64) * GOLOMB_STEP
+    unit = torch.stack([angles.cos(), angles.sin()], dim=1)
+    return [unit.to(device, dtype), unit[:, None, :].expand(8, 3, 2).contiguous().to(device, dtype)]
+
+
+def golomb_similarity():
+    """S' of :func:`golomb_feats` by hand: S_ij = cos(STEP * (mark_i - mark_j)), min-max over i != j.
+    Its 28 distinct values are at least 2e-3 apart."""
+    s = [[math.cos(GOLOMB_STEP * (a - b)) for b in GOLOMB_MARKS] for a in GOLOMB_MARKS]
+    off = [s[i][j] for i in range(8) for j in range(8) if i != j]
+    lo, hi = min(off), max(off)
+    return torch.tensor([[0.0 if i == j else (s[i][j] - lo) / (hi - lo) for j in range(8)] for i in range(8)],
+                        dtype=torch.float64)
+
+
+def beta_variance(alpha):
+    """Var of Beta(alpha, alpha): 1 / (4 (2 alpha + 1))."""
+    return 1 / (4 * (2 * alpha + 1))

@@ -115,3 +115,19 @@ def test_second_derivative_through_mix_is_refused_clearly():
 def test_similarity_nan_error_names_similarity():
     with pytest.raises(RuntimeError, match=r"^similarity: feats\[0\] contains NaN or Inf"):
         mx.similarity([torch.full((3, 2), float("nan"))])
+
+
+@pytest.mark.parametrize("intensities,idx1,idx2,lam0,message", [
+    (torch.rand(6), [0, 1], [2, 3], [0.5, 0.5], r"intensities must be \[M, B\], got \[6\]"),
+    (torch.rand(2, 6), [0, 1, 2], [2, 3], [0.5, 0.5, 0.5], r"idx1, idx2 and lam0 must all be \[K\], got \[3\], \[2\], \[3\]"),
+    (torch.rand(2, 6), [0, 1], [2, 3], [0.5], r"must all be \[K\], got \[2\], \[2\], \[1\]"),
+    (torch.rand(2, 6), [[0, 1]], [[2, 3]], [[0.5, 0.5]], r"must all be \[K\], got \[1, 2\]"),
+])
+def test_mix_ratios_errors(intensities, idx1, idx2, lam0, message):
+    with pytest.raises(ValueError, match=message):
+        mx.mix_ratios(intensities, torch.tensor(idx1), torch.tensor(idx2), torch.tensor(lam0))
+
+
+def test_integer_intensities_are_refused():
+    with pytest.raises(TypeError, match=r"intensities must be floating, got torch.int64"):
+        mx.fused_mix(_feats(), torch.randn(6), torch.ones(2, 6, dtype=torch.long))

@@ -151,3 +151,75 @@ def test_ndigits_and_errors():
         regression_metrics(P[:3], Y, "mosi")
     with pytest.raises(ValueError, match="empty"):
         regression_metrics([], [], "mosi")
+
+
+# --- edge cases against MMSA's MetricsTop, written out by hand ---------------------------------
+# MetricsTop (MOSI/MOSEI regression): Non0 keeps the samples with y != 0 and compares
+# y > 0 with p > 0; Has0 compares y >= 0 with p >= 0; Mult_acc_7 / _5 clip both to
+# [-3, 3] / [-2, 2] and compare np.round (half to even); MAE is unclipped.
+
+
+def _mmsa_mosi_by_hand(p, y):
+    """The MetricsTop definitions over python floats (accuracies and MAE); python's round,
+    like np.round, rounds half to even."""
+    def clip(x, b):
+        return max(-b, min(b, x))
+
+    non0 = [(pi > 0, yi > 0) for pi, yi in zip(p, y) if yi != 0]
+    return {
+        "Has0_acc_2": sum((pi >= 0) == (yi >= 0) for pi, yi in zip(p, y)) / len(y),
+        "Non0_acc_2": sum(a == b for a, b in non0) / len(non0),
+        "Mult_acc_7": sum(round(clip(pi, 3)) == round(clip(yi, 3)) for pi, yi in zip(p, y)) / len(y),
+        "Mult_acc_5": sum(round(clip(pi, 2)) == round(clip(yi, 2)) for pi, yi in zip(p, y)) / len(y),
+        "MAE": sum(abs(pi - yi) for pi, yi in zip(p, y)) / len(y),
+    }
+
+
+def _check_against_hand(p, y):
+    m = regression_metrics(np.array(p), np.array(y), "mosi")
+    for k, v in _mmsa_mosi_by_hand(p, y).items():
+        assert m[k] == pytest.approx(v), k
+    return m
+
+
+def test_prediction_exactly_zero():
+    # p = 0 is negative for Non0 (p > 0 is False) but positive for Has0 (p >= 0).
+    m = _check_against_hand([0.0, 0.0, 0.0], [1.0, -1.0, 0.0])
+    assert m["Non0_acc_2"] == pytest.approx(1 / 2)  # y = 0 dropped; 0 vs -1 right, 0 vs 1 wrong
+    assert m["Has0_acc_2"] == pytest.approx(2 / 3)  # 0 vs 1 right, 0 vs -1 wrong, 0 vs 0 right
+    # Non0 F1: truth [T, F], pred [F, F]; class F: support 1, tp 1, fp 1 -> 2/3; class T: tp 0 -> 0
+    assert m["Non0_F1_score"] == pytest.approx((2 / 3) / 2)
+    # a negative zero is still zero
+    assert regression_metrics([-0.0], [2.0], "mosi")["Non0_acc_2"] == 0.0
+
+
+def test_labels_outside_the_range_are_clipped_for_acc7_and_acc5_only():
+    y = [3.6, -4.4, 2.6, -2.4]
+    p = [3.0, -2.6, 3.4, -2.0]
+    m = _check_against_hand(p, y)
+    # acc7: y -> [3, -3, 3, -2] (2.6 rounds to 3), p -> [3, -3, 3, -2]: all four agree; without
+    # the clip 3.6 -> 4 and -4.4 -> -4 would disagree with p
+    assert m["Mult_acc_7"] == 1.0
+    # acc5: y -> [2, -2, 2, -2], p -> [2, -2, 2, -2]
+    assert m["Mult_acc_5"] == 1.0
+    assert m["MAE"] == pytest.approx((0.6 + 1.8 + 0.8 + 0.4) / 4)
+
+
+def test_ties_at_rounding_boundaries_round_half_to_even_after_clipping():
+    # Values exactly on .5 (representable in binary): np.round sends 0.5 -> 0, 1.5 -> 2,
+    # 2.5 -> 2, -1.5 -> -2, -2.5 -> -2; 3.5 clips to 3 first (acc7), 2.5 clips to 2 (acc5).
+    y = [0.5, 1.5, 2.5, -1.5, -2.5, 3.5, 0.5]
+    p = [0.0, 2.0, 2.0, -2.0, -2.0, 3.0, 1.0]
+    m = _check_against_hand(p, y)
+    assert m["Mult_acc_7"] == pytest.approx(6 / 7)  # only 0.5 vs 1.0 differs (0 vs 1)
+    # acc5: y -> [0, 2, 2, -2, -2, 2, 0] (2.5 and 3.5 clip to 2), p -> [0, 2, 2, -2, -2, 2, 1]
+    assert m["Mult_acc_5"] == pytest.approx(6 / 7)
+
+
+def test_has0_and_non0_at_zero_labels():
+    # y = 0 counts as positive in Has0 and is dropped from Non0.
+    y = [0.0, 0.0, 1.0, -1.0]
+    p = [0.5, -0.5, 1.0, 1.0]
+    m = _check_against_hand(p, y)
+    assert m["Has0_acc_2"] == pytest.approx(2 / 4)  # idx0 right, idx1 wrong, idx2 right, idx3 wrong
+    assert m["Non0_acc_2"] == pytest.approx(1 / 2)

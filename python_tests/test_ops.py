@@ -130,22 +130,6 @@ def test_sass_fallback_when_too_few_pairs_are_valid(device):
         _check_pairs_valid(feats, idx1, idx2, 40, 0.5)
 
 
-def test_sass_draw_is_uniform_over_valid_pairs():
-    feats = clustered_feats(12, [(5,), (3, 2)], clusters=3, noise=0.3, seed=1)
-    s = ref.similarity(feats)
-    valid = ref.valid_pairs(s, 0.4)
-    assert 20 < valid.numel() < 12 * 11, "the test needs a strict subset of pairs to be valid"
-    batch, num_mix, draws = 12, 3, 4000
-    counts = torch.zeros(batch * batch, dtype=torch.long)
-    for seed in range(draws):
-        idx1, idx2 = mx.sass_select(feats, num_mix, 0.4, seed=seed)
-        counts.index_add_(0, idx1 * batch + idx2, torch.ones(num_mix, dtype=torch.long))
-    assert counts.sum() == counts[valid].sum(), "every draw lies in V"
-    # Without replacement every valid pair is included with probability K / |V|.
-    p = chi_square_pvalue(counts[valid], draws * num_mix / valid.numel())
-    assert p > 1e-3, f"pair frequencies are not uniform over V (chi-square p = {p:.2e})"
-
-
 def test_sass_fallback_draw_is_uniform_over_candidates():
     feats = make_feats([(4,)], 9, seed=3)
     s = ref.similarity(feats)
@@ -157,6 +141,10 @@ def test_sass_fallback_draw_is_uniform_over_candidates():
         idx1, idx2 = mx.sass_select(feats, num_mix, 0.999, seed=seed)
         counts.index_add_(0, idx1 * 9 + idx2, torch.ones(num_mix, dtype=torch.long))
     assert counts.sum() == counts[cand].sum()
+    # Without replacement from C: each candidate is in a call with probability K / |C|.
+    # 15000 inclusions over 10 candidates: at a 1e-3 false-alarm rate this detects with
+    # power > 0.99 a 10% tilt between the top and bottom half of C (e.g. keys that favour
+    # the best-ranked candidates). The valid-pair draw and the tail: test_draws.py.
     assert chi_square_pvalue(counts[cand], draws * num_mix / cand.numel()) > 1e-3
 
 
@@ -169,22 +157,6 @@ def test_sass_seed_determinism(device):
     assert not (torch.equal(a[0], c[0]) and torch.equal(a[1], c[1]))
     d = mx.sass_select(feats, 40, seed=torch.tensor(7))
     assert torch.equal(a[0], d[0]) and torch.equal(a[1], d[1])
-
-
-def test_lam0_is_beta_distributed():
-    feats = make_feats([(4,)], 8)
-    for alpha in [0.2, 1.0, 2.0, 5.0]:
-        lam0 = torch.ops.msmix.sass_select(feats, 20000, 0.4, torch.tensor(11), alpha)[2].double()
-        assert ((lam0 >= 0) & (lam0 <= 1)).all()
-        var = 1 / (4 * (2 * alpha + 1))  # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1))
-        assert abs(lam0.mean().item() - 0.5) < 4 * (var / 20000) ** 0.5
-        assert abs(lam0.var().item() / var - 1) < 0.05
-        # Kolmogorov-Smirnov against the exact Beta CDF (regularised incomplete beta).
-        beta = torch.distributions.Beta(torch.tensor(alpha, dtype=torch.float64), torch.tensor(alpha, dtype=torch.float64))
-        grid = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
-        empirical = (lam0[None, :] <= grid[:, None]).double().mean(1)
-        reference = (beta.sample((200000,))[None, :] <= grid[:, None]).double().mean(1)
-        assert (empirical - reference).abs().max() < 0.02
 
 
 # --- mix ---------------------------------------------------------------------------------------

@@ -68,7 +68,6 @@ def test_mmsa_pickle_one_epoch(tmp_path, capsys):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text())
     assert res["torch_version"] == str(torch.__version__)
-    assert res["machine"]["cpu_count"] >= 1
     assert res["config"]["data"] == str(data.resolve())
     assert res["data"]["train"] == 24 and res["data"]["feature_dims"] == [12, 4, 6]
     assert len(res["runs"]) == 2 * 2 * 2
