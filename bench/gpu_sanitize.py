@@ -5,11 +5,16 @@ it has two (16-byte vectors and the scalar fallback; valid pairs and the
 fallback draw; one and several batches of inverse-index entries), with sizes
 small enough that memcheck and racecheck finish in seconds:
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python bench/gpu_sanitize.py
-    compute-sanitizer --tool racecheck --kernel-name kns=msmix --error-exitcode 1 python bench/gpu_sanitize.py
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 bench/gpu_sanitize.py
+    compute-sanitizer --tool racecheck --kernel-name kns=msmix --error-exitcode 1 python3 bench/gpu_sanitize.py
+
+``--device cpu`` runs the same calls on the CPU kernels (bench/gpu_check.sh --dry-run), less
+the non-finite features, which the CPU rejects where CUDA turns them into NaN similarities.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 
@@ -17,9 +22,12 @@ import msmix_ext as mx
 
 
 def main() -> None:
-    assert torch.cuda.is_available(), "needs a CUDA device"
-    assert mx.CUDA_COMPILED, "msmix_ext was built without its CUDA kernels"
-    dev = torch.device("cuda")
+    parser = argparse.ArgumentParser(description="Small workload for compute-sanitizer.")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    dev = torch.device(parser.parse_args().device)
+    if dev.type == "cuda":
+        assert torch.cuda.is_available(), "needs a CUDA device"
+        assert mx.CUDA_COMPILED, "msmix_ext was built without its CUDA kernels"
     gen = torch.Generator(device=dev).manual_seed(0)
 
     def randn(*shape, dtype=torch.float32, grad=True):
@@ -66,12 +74,13 @@ def main() -> None:
     feats_out, labels_out = mx.mix(feats, labels, idx1, idx2, lam, lam.mean(0))
     (sum(f.sum() for f in feats_out) + labels_out.sum()).backward()
 
-    # 5. Similarity over two 64-row tiles and split columns; NaN and Inf rows.
+    # 5. Similarity over two 64-row tiles and split columns; NaN and Inf rows (CUDA only).
     feats = [randn(70, 300, grad=False), randn(70, 4, 5, grad=False)]
     s = mx.similarity(feats)
     assert torch.equal(s, s.T)
-    feats[0][3, 0] = float("nan")
-    feats[1][10, 1, 1] = float("inf")
+    if dev.type == "cuda":
+        feats[0][3, 0] = float("nan")
+        feats[1][10, 1, 1] = float("inf")
     idx1, idx2 = mx.sass_select(feats, 70, 0.4, seed=3)
     assert bool(((idx1 != idx2) & (idx1 >= 0) & (idx1 < 70) & (idx2 >= 0) & (idx2 < 70)).all())
 
@@ -80,8 +89,9 @@ def main() -> None:
     idx1, idx2 = mx.sass_select(feats, 9, 0.4, seed=4)
     assert bool((idx1 != idx2).all())
 
-    torch.cuda.synchronize()
-    print("gpu_sanitize: ok")
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    print(f"gpu_sanitize: ok ({dev.type})")
 
 
 if __name__ == "__main__":

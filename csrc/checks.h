@@ -117,13 +117,23 @@ inline int64_t check_mix_backward_args(at::TensorList grad_feats_out, const at::
   return batch;
 }
 
-// num_mix >= 1, 0 <= threshold < 1, alpha > 0, B >= 2; the seed is an int64
-// scalar tensor (on the feature device or the CPU) so it never forces a sync.
+// The largest batch SASS accepts. The CUDA kernel sorts the keys of all B*B
+// ordered pairs in one at::sort, which refuses a sorted dimension of more than
+// INT_MAX elements: 46340^2 <= 2^31 - 1 < 46341^2. The CPU kernel has the same
+// limit so that a batch fails alike on both devices.
+constexpr int64_t kMaxSassBatch = 46340;
+
+// num_mix >= 1, 0 <= threshold < 1, alpha > 0, 2 <= B <= kMaxSassBatch; the seed
+// is an int64 scalar tensor (on the feature device or the CPU) so it never
+// forces a sync.
 inline int64_t check_sass_args(at::TensorList feats, int64_t num_mix, double threshold,
                                const at::Tensor& seed, double alpha, const char* op) {
   const int64_t batch = check_feats(feats, op);
   TORCH_CHECK(batch >= 2, op, ": SASS needs a batch of at least 2 samples to pair, got B = ",
               batch);
+  TORCH_CHECK(batch <= kMaxSassBatch, op, ": batch size B = ", batch, " is too large; B must be <= ",
+              kMaxSassBatch, " because the CUDA kernel sorts all B*B ordered pairs in one sort of at ",
+              "most 2^31 - 1 elements (both devices share the limit); split the batch");
   TORCH_CHECK(num_mix >= 1, op, ": num_mix must be >= 1, got ", num_mix);
   TORCH_CHECK(threshold >= 0.0 && threshold < 1.0, op, ": threshold must be in [0, 1), got ",
               threshold);

@@ -51,6 +51,18 @@ def test_sass_select_errors(case):
         mx.sass_select(**args)
 
 
+def test_sass_select_refuses_a_batch_beyond_the_sort_limit(device):
+    # 46341^2 > 2^31 - 1, the most one CUDA sort holds; both devices refuse it before allocating
+    # anything quadratic in B (these feats take 185 KB, S' would take 8.6 GB).
+    feats = [torch.zeros(46341, 1, device=device)]
+    message = (r"sass_select: batch size B = 46341 is too large; B must be <= 46340 because the CUDA kernel "
+               r"sorts all B\*B ordered pairs in one sort of at most 2\^31 - 1 elements")
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.msmix.sass_select(feats, 4, 0.4, torch.tensor(0), 2.0)
+    with pytest.raises(RuntimeError, match=message):
+        mx.fused_mix(feats, torch.zeros(46341, device=device), torch.zeros(1, 46341, device=device), num_mix=4)
+
+
 def test_similarity_errors():
     with pytest.raises(RuntimeError, match=r"similarity: needs a batch of at least 2 samples, got B = 1"):
         mx.similarity([torch.randn(1, 3)])

@@ -10,7 +10,7 @@ import msmix_ext as mx
 from msmix_ext import reference as ref
 
 from conftest import requires_extension
-from helpers import chi_square_pvalue, clustered_feats, make_feats
+from helpers import chi_square_pvalue, clustered_feats, general_position_cases, make_feats, sass_decision
 
 pytestmark = requires_extension
 
@@ -128,6 +128,21 @@ def test_sass_fallback_when_too_few_pairs_are_valid(device):
     for seed in range(5):
         idx1, idx2 = mx.sass_select(feats, 40, threshold=0.5, seed=seed)
         _check_pairs_valid(feats, idx1, idx2, 40, 0.5)
+
+
+@pytest.mark.parametrize("case", general_position_cases().keys())
+def test_sass_pairs_in_general_position_do_not_depend_on_rounding(device, case):
+    # The inputs test_cuda.py compares across devices: float32 and float64 round S' differently,
+    # and still every decision of the draw (and so every pair) must come out the same.
+    feats64, threshold, num_mix, draw = general_position_cases()[case]
+    taken, margin = sass_decision(ref.similarity([f.float().double() for f in feats64]), threshold, num_mix)
+    assert taken == draw and margin > 1e-3, (taken, margin)
+    feats64 = [f.to(device) for f in feats64]
+    for seed in range(3):
+        want = mx.sass_select(feats64, num_mix, threshold, seed=seed)
+        got = mx.sass_select([f.float() for f in feats64], num_mix, threshold, seed=seed)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        _check_pairs_valid(feats64, *want, num_mix, threshold)
 
 
 def test_sass_fallback_draw_is_uniform_over_candidates():
