@@ -11,7 +11,7 @@ from . import ops as _ops  # noqa: F401  (registers fake kernels and autograd)
 from ._build import require_extension
 from ._types import MixOutput
 from .distributed import check_pool, fold_rank, global_fused_mix, process_group_active
-from .ratios import mix_ratios, stack_intensities
+from .ratios import stack_intensities
 
 _SEED_LIMIT = 2**63 - 1
 
@@ -163,11 +163,9 @@ def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor,
                                 seed_drawn=seed_drawn, alpha=alpha, group=group)
     if distributed and seed_drawn:
         seed = fold_rank(seed, dist.get_rank())
-    idx1, idx2, lam0 = torch.ops.msmix.sass_select(feats, num_mix, float(threshold), seed, float(alpha))
-    lam, lam_label = mix_ratios(intensities, idx1, idx2, lam0)
-    feats_out, labels_out = torch.ops.msmix.mix(feats, labels, idx1, idx2, lam, lam_label)
-    return MixOutput(list(feats_out), labels_out, idx1, idx2, lam, lam_label, labels.index_select(0, idx1),
-                     labels.index_select(0, idx2), lam0)
+    feats_out, labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2 = torch.ops.msmix.fused_mix(
+        feats, labels, intensities, num_mix, float(threshold), seed, float(alpha))
+    return MixOutput(list(feats_out), labels_out, idx1, idx2, lam, lam_label, labels1, labels2, lam0)
 
 
 def combine_masks(masks: Sequence[torch.Tensor | None], out: MixOutput) -> list[torch.Tensor | None]:
