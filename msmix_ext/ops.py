@@ -1,9 +1,12 @@
-"""Fake (meta) kernels and autograd of the torch.ops.msmix operators.
+"""The torch.ops.msmix operators: one thin wrapper per operator, their fake (meta)
+kernels and the Python autograd of ``mix``.
 
 The schemas are declared in csrc/msmix.cpp and the kernels registered per
-device in csrc/cpu and csrc/cuda. This module adds what torch.compile and
-autograd need: shape-only fake kernels, and a backward that is itself an
-operator (msmix::mix_backward) so that compiled graphs can trace it.
+device in csrc/cpu and csrc/cuda (fused_mix: csrc/fused.cpp, with its autograd
+in C++). This module adds what torch.compile and autograd need: shape-only fake
+kernels, and a backward that is itself an operator (msmix::mix_backward) so that
+compiled graphs can trace it. The wrappers take exactly the schema's arguments
+and check nothing: the kernels validate (csrc/checks.h).
 """
 
 from __future__ import annotations
@@ -13,6 +16,28 @@ from collections.abc import Sequence
 import torch
 
 from ._build import HAS_EXTENSION
+
+
+def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.ops.msmix.similarity(feats)
+
+
+def sass_select(feats: Sequence[torch.Tensor], num_mix: int, threshold: float, seed: torch.Tensor,
+                alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(idx1, idx2, lam0)``."""
+    return torch.ops.msmix.sass_select(feats, num_mix, threshold, seed, alpha)
+
+
+def mix(feats: Sequence[torch.Tensor], labels: torch.Tensor, idx1: torch.Tensor, idx2: torch.Tensor,
+        lam: torch.Tensor, lam_label: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(feats_out, labels_out)``."""
+    return torch.ops.msmix.mix(feats, labels, idx1, idx2, lam, lam_label)
+
+
+def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor, intensities: torch.Tensor, num_mix: int,
+              threshold: float, seed: torch.Tensor, alpha: float):
+    """``(feats_out, labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2)``."""
+    return torch.ops.msmix.fused_mix(feats, labels, intensities, num_mix, threshold, seed, alpha)
 
 
 def _input_grad_flags(needs_input_grad, num_feats: int) -> tuple[bool, ...]:
