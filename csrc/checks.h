@@ -11,6 +11,12 @@ inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+// The dtype SASS and the ratio gradients accumulate in: float64 for float64,
+// float32 for every other floating dtype (msmix_ext/ops.py mirrors it for the fakes).
+inline at::ScalarType accumulate_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // feats: M >= 1 tensors [B, D_m] or [B, T_m, D_m], one floating dtype, one
 // device, one batch size. Returns B.
 inline int64_t check_feats(at::TensorList feats, const char* op) {
@@ -151,6 +157,13 @@ inline void check_fused_backward_args(const at::Tensor& grad_lam, const at::Tens
 // INT_MAX elements: 46340^2 <= 2^31 - 1 < 46341^2. The CPU kernel has the same
 // limit so that a batch fails alike on both devices.
 constexpr int64_t kMaxSassBatch = 46340;
+
+// similarity: M >= 1 feats (check_feats) and B >= 2. Returns B.
+inline int64_t check_similarity_args(at::TensorList feats, const char* op) {
+  const int64_t batch = check_feats(feats, op);
+  TORCH_CHECK(batch >= 2, op, ": needs a batch of at least 2 samples, got B = ", batch);
+  return batch;
+}
 
 // num_mix >= 1, 0 <= threshold < 1, alpha > 0, 2 <= B <= kMaxSassBatch; the seed
 // is an int64 scalar tensor (on the feature device or the CPU) so it never

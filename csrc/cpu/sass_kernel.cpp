@@ -19,10 +19,6 @@
 namespace msmix {
 namespace {
 
-at::ScalarType accumulate_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Writes the L2-normalised rows of every modality side by side into z
 // [B, sum_m T_m * D_m]. The norm is taken of the row divided by its largest
 // magnitude, so large fp16/bf16/fp32 values cannot overflow the sum of squares.
@@ -117,8 +113,7 @@ at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
 }
 
 at::Tensor similarity_forward_kernel(at::TensorList feats) {
-  const int64_t batch = check_feats(feats, "similarity");
-  TORCH_CHECK(batch >= 2, "similarity: needs a batch of at least 2 samples, got B = ", batch);
+  check_similarity_args(feats, "similarity");
   return normalised_similarity(feats, "similarity");
 }
 

@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "../checks.h"
 #include "../fused.h"
 #include "../ratio_math.h"
 
@@ -141,8 +142,7 @@ at::Tensor mix_ratios_backward_cuda(const at::Tensor& grad_lam, const at::Tensor
   const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
   at::Tensor grad = at::empty_like(source);
   if (source.numel() == 0) return grad;
-  const auto acc_dtype = source.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor work = at::empty({3 * source.numel()}, source.options().dtype(acc_dtype));
+  at::Tensor work = at::empty({3 * source.numel()}, source.options().dtype(accumulate_type(source.scalar_type())));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(), "mix_ratios_backward", [&] {
     mix_ratios_backward_kernel<scalar_t><<<1, kRatioThreads, 0, stream>>>(
