@@ -2,7 +2,8 @@
 
 Compared implementations (all on the same inputs, timed interleaved in one run):
 
-* ``fused``    - ``msmix_ext.fused_mix`` (C++ SASS + mixing ops, ratios in torch).
+* ``fused``    - ``msmix_ext.fused_mix``: one ``msmix::fused_mix`` operator call forward
+                 (SASS, ratios, mixing) and one ``msmix::fused_mix_backward`` backward.
 * ``eager``    - ``msmix_ext.reference.fused_mix`` in eager mode. It draws the pairs
                  with ``torch.randperm`` over the valid pairs (``torch.nonzero``) and
                  ``lam0`` from ``torch.distributions.Beta``.
@@ -21,7 +22,14 @@ Forward: inputs do not require grad. Forward+backward: features and intensities
 ``[M, B]`` require grad, ``loss = sum_m combined_m.sum() + combined_labels.sum()``,
 ``loss.backward()``.
 
-Usage: ``python bench/bench_mix.py [--device cpu|cuda] [--quick] [--out DIR] [--profile]``.
+* ``compare``  - with ``--compare-to module:function``, any importable
+                 ``fn(feats, labels, intensities)``, timed side by side with the others.
+                 Forward+backward differentiates the sum of its output's ``feats`` and
+                 ``labels`` when it has them (a MixOutput), else of every floating tensor
+                 in the output that requires grad.
+
+Usage: ``python bench/bench_mix.py [--device cpu|cuda] [--quick] [--out DIR] [--profile]
+[--compare-to module:function]``.
 Writes ``bench_<device>.json``, ``bench_<device>.md`` and ``bench_<device>_sweep.png``
 (plus ``profile_<device>.txt`` with ``--profile``) to ``--out`` (default bench/results).
 """
@@ -70,6 +78,22 @@ IMPL_LABELS = {
     "floor": "floor (GEMM + output copy)",
 }
 MODES = ("fwd", "fwdbwd")
+
+# CUDA kernel launches of one fused_mix call on the local pool, counted by reading
+# the code path (csrc/fused.cpp and the .cu files; float32 features, labels and
+# intensities, M modalities, B <= 46340). Forward: sass_select = M row-normalise
+# kernels + the rest of its pipeline (see csrc/cuda/sass_kernel.cu), 1 ratio kernel,
+# 1 mix kernel, 2 index_select (labels1, labels2). Backward: mix_backward
+# (inverse index + its sort + gather + ratio gradients), 2 in-place adds of the
+# ratio gradients, 1 intensity-gradient kernel, 1 label-gradient kernel.
+CUDA_LAUNCHES = {
+    "forward": "M + 18 (21 for M = 3) at B <= 64: sass_select M + 14 (M row normalisations, Gram, "
+               "reduction, pair keys, fallback keys, selection, 3 at::sort of 3 launches each), 1 ratio "
+               "kernel, 1 mix kernel, 2 index_select (labels1, labels2); each sort of rows over 4096 "
+               "keys (B > 64) takes a cub radix sort of about a dozen launches",
+    "backward": "10: mix_backward 6 (inverse index, its sort of 3, gather, ratio gradients), 2 add_ of the "
+                "ratio gradients, 1 intensity-gradient kernel, 1 label-gradient kernel",
+}
 MODE_LABELS = {"fwd": "forward", "fwdbwd": "forward+backward"}
 
 
@@ -195,6 +219,28 @@ def make_forward(fn, feats, labels, intens):
     return run
 
 
+def output_loss(out) -> torch.Tensor:
+    """sum of the combined feats and labels of a MixOutput-like result, else of every
+    floating tensor in the (nested) output that requires grad."""
+    if hasattr(out, "feats") and hasattr(out, "labels"):
+        parts = [out.labels, *out.feats]
+    else:
+        parts, stack = [], [out]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, torch.Tensor):
+                if item.is_floating_point() and item.requires_grad:
+                    parts.append(item)
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+    loss = parts[0].sum()
+    for t in parts[1:]:
+        loss = loss + t.sum()
+    return loss
+
+
 def make_fwdbwd(fn, feats, labels, intens):
     leaves = [f.detach().clone().requires_grad_() for f in feats]
     inten_leaf = intens.detach().clone().requires_grad_()
@@ -203,12 +249,22 @@ def make_fwdbwd(fn, feats, labels, intens):
         for t in leaves:
             t.grad = None
         inten_leaf.grad = None
-        out = fn(leaves, labels, inten_leaf)
-        loss = out.labels.sum()
-        for f in out.feats:
-            loss = loss + f.sum()
-        loss.backward()
+        output_loss(fn(leaves, labels, inten_leaf)).backward()
     return run
+
+
+def load_compare(spec: str):
+    """``module:function`` -> the function (``fn(feats, labels, intensities)``)."""
+    import importlib
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        sys.exit(f"bench_mix.py: --compare-to must be module:function, got {spec!r}")
+    fn = importlib.import_module(module_name)
+    for part in attr.split("."):
+        fn = getattr(fn, part)
+    if not callable(fn):
+        sys.exit(f"bench_mix.py: --compare-to {spec} is not callable")
+    return fn
 
 
 def make_fwd_grad(fn, feats, labels, intens):
@@ -383,9 +439,13 @@ def bench_config(workload: str, batch: int, args, pbar, with_sass: bool) -> dict
         return compiled(f, y, i, threshold=THRESHOLD, alpha=ALPHA)
 
     calls = {"fused": fused_call, "eager": eager_call, "compiled": compiled_call}
+    impls = IMPLS
+    if args.compare_to:
+        calls["compare"] = load_compare(args.compare_to)
+        impls = IMPLS + ("compare",)
     tasks = {}
     for mode in MODES:
-        for impl in IMPLS:
+        for impl in impls:
             if impl == "compiled" and skip_compile:
                 continue
             if impl == "floor":
@@ -403,6 +463,8 @@ def bench_config(workload: str, batch: int, args, pbar, with_sass: bool) -> dict
         lam = torch.rand(len(feats), num_mix, device=device)
         lam_label = lam.mean(0)
         tasks[("fwd", "mix_only")] = lambda: mx.mix(feats, labels, idx1, idx2, lam, lam_label)
+        # SASS's own GEMM: z @ z.T of the normalised concatenated rows (the floor's z).
+        tasks[("fwd", "gemm")] = lambda: torch.mm(floor.z, floor.z.T, out=floor.s)
 
     # Compile (and warm up) the reference for both modes before anything is timed.
     if not skip_compile:
@@ -427,7 +489,7 @@ def bench_config(workload: str, batch: int, args, pbar, with_sass: bool) -> dict
     for mode in MODES:
         fused = timings[(mode, "fused")]
         floor_t = timings[(mode, "floor")]
-        for impl in ("eager", "compiled"):
+        for impl in ("eager", "compiled", "compare"):
             if (mode, impl) in timings:
                 ratios[f"{mode}/{impl}_over_fused"] = ratio_stats(timings[(mode, impl)], fused)
         for impl in IMPLS:
@@ -436,6 +498,8 @@ def bench_config(workload: str, batch: int, args, pbar, with_sass: bool) -> dict
     if with_sass:
         ratios["fwd/sass_select_share_of_fused"] = ratio_stats(timings[("fwd", "sass_select")],
                                                                timings[("fwd", "fused")])
+        ratios["fwd/sass_select_over_gemm"] = ratio_stats(timings[("fwd", "sass_select")],
+                                                          timings[("fwd", "gemm")])
     result["ratios"] = ratios
 
     # Peak memory of forward+backward, one call each (after the warm-up above).
@@ -670,8 +734,9 @@ def markdown(report: dict) -> str:
                        "`msmix_ext.mix` with given pairs and ratios):")
             out.append("")
             out.append("| B | fused_mix fwd | fused_mix fwd+bwd | sass_select | share of fused fwd | "
-                       "share of fused fwd+bwd | mix only | GEMM+copy floor (fwd) |")
-            out.append("|---|---|---|---|---|---|---|---|")
+                       "share of fused fwd+bwd | mix only | GEMM+copy floor (fwd) | GEMM z @ z.T | "
+                       "sass_select / GEMM |")
+            out.append("|---|---|---|---|---|---|---|---|---|---|")
             for c in configs:
                 t = c["timings"]
                 sass = t["fwd/sass_select"]["median_s"]
@@ -679,7 +744,10 @@ def markdown(report: dict) -> str:
                            f"{fmt_cell(t.get('fwd/sass_select'))} | "
                            f"{sass / t['fwd/fused']['median_s'] * 100:.0f}% | "
                            f"{sass / t['fwdbwd/fused']['median_s'] * 100:.0f}% | "
-                           f"{fmt_cell(t.get('fwd/mix_only'))} | {fmt_cell(t['fwd/floor'])} |")
+                           f"{fmt_cell(t.get('fwd/mix_only'))} | {fmt_cell(t['fwd/floor'])} | "
+                           f"{fmt_cell(t.get('fwd/gemm'))} | "
+                           + (f"{c['ratios']['fwd/sass_select_over_gemm']['ratio']:.2f}x |"
+                              if 'fwd/sass_select_over_gemm' in c['ratios'] else "- |"))
             out.append("")
             for mode in MODES:
                 first = next((c["B"] for c in configs if c["timings"]["fwd/sass_select"]["median_s"]
@@ -687,6 +755,23 @@ def markdown(report: dict) -> str:
                 out.append(f"- SASS (`sass_select`) takes over half of the fused {MODE_LABELS[mode]} "
                            + (f"from B = {first} on." if first else "nowhere in this sweep."))
             out.append("")
+    compare = [c for c in report["workloads"] + report["sweep"] if "fwd/compare" in c["timings"]]
+    if compare:
+        out.append(f"## --compare-to {cfg.get('compare_to')}")
+        out.append("")
+        out.append("| workload | B | mode | fused | compare | compare/fused |")
+        out.append("|---|---|---|---|---|---|")
+        for c in compare:
+            for mode in MODES:
+                out.append(f"| {c['workload']} | {c['B']} | {MODE_LABELS[mode]} | "
+                           f"{fmt_cell(c['timings'][f'{mode}/fused'])} | {fmt_cell(c['timings'][f'{mode}/compare'])} | "
+                           f"{c['ratios'][f'{mode}/compare_over_fused']['ratio']:.2f}x |")
+        out.append("")
+    out.append("## CUDA launches per fused_mix call (counted from the code path)")
+    out.append("")
+    for mode, text in CUDA_LAUNCHES.items():
+        out.append(f"- {mode}: {text}")
+    out.append("")
     out.append("## Peak memory of forward+backward (MiB)")
     out.append("")
     out.append(f"Accounting: {report['memory_accounting']}")
@@ -785,6 +870,8 @@ def parse_args(argv=None):
                    help="rewrite the .md and .png from an existing bench_<device>.json in --out")
     p.add_argument("--workloads", nargs="*", default=None, choices=list(WORKLOADS))
     p.add_argument("--sweep", nargs="*", type=int, default=None, help="batch sizes of the almt sweep")
+    p.add_argument("--compare-to", default=None, metavar="MODULE:FUNCTION",
+                   help="also time this importable fn(feats, labels, intensities) side by side")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds = args.rounds or 3
@@ -853,7 +940,7 @@ def main(argv=None) -> int:
     for w, b, s in configs:
         rounds = config_rounds(w, b, args.rounds)
         n = n_impl - (1 if (args.quick and b != 64 and not args.no_compile) else 0)
-        total += rounds * (2 * n + (2 if s else 0)) + 1
+        total += rounds * (2 * (n + (1 if args.compare_to else 0)) + (3 if s else 0)) + 1
     total += 0 if args.no_e2e else 5 * args.rounds
     results = []
     with tqdm(total=total, file=sys.stderr, unit="meas", dynamic_ncols=True) as pbar:
@@ -877,7 +964,8 @@ def main(argv=None) -> int:
         "machine": info,
         "config": {"quick": args.quick, "rounds": args.rounds, "min_run_time_s": args.min_run_time,
                    "threshold": THRESHOLD, "alpha": ALPHA, "num_mix": "B", "dtype": "float32",
-                   "compile_setting": compile_setting, "workload_shapes": {k: shapes_str(k) for k in WORKLOADS},
+                   "compile_setting": compile_setting, "compare_to": args.compare_to,
+                   "cuda_launches_per_call": CUDA_LAUNCHES, "workload_shapes": {k: shapes_str(k) for k in WORKLOADS},
                    "timer": "torch.utils.benchmark.Timer.blocked_autorange, num_threads=torch.get_num_threads()",
                    "fwdbwd_loss": "sum(combined_feats[m].sum()) + combined_labels.sum()",
                    "reference_randomness": "torch.randperm over the valid pairs (torch.nonzero), "

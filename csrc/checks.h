@@ -11,6 +11,12 @@ inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+// The dtype SASS and the ratio gradients accumulate in: float64 for float64,
+// float32 for every other floating dtype (msmix_ext/ops.py mirrors it for the fakes).
+inline at::ScalarType accumulate_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // feats: M >= 1 tensors [B, D_m] or [B, T_m, D_m], one floating dtype, one
 // device, one batch size. Returns B.
 inline int64_t check_feats(at::TensorList feats, const char* op) {
@@ -117,11 +123,47 @@ inline int64_t check_mix_backward_args(at::TensorList grad_feats_out, const at::
   return batch;
 }
 
+// intensities: [M, B] in a floating dtype on the feats' device (fused_mix).
+inline void check_intensities(const at::Tensor& intensities, int64_t num_modalities, int64_t batch,
+                              const at::Tensor& ref, const char* op) {
+  TORCH_CHECK(intensities.dim() == 2 && intensities.size(0) == num_modalities && intensities.size(1) == batch,
+              op, ": intensities must be [M, B] = [", num_modalities, ", ", batch, "], got ",
+              intensities.sizes());
+  TORCH_CHECK(is_supported_float(intensities.scalar_type()), op,
+              ": intensities must be float32, float64, float16 or bfloat16, got ", intensities.scalar_type());
+  check_same_device(intensities, "intensities", ref, op);
+}
+
+// What fused_mix_backward reads besides mix_backward's arguments (checked there).
+inline void check_fused_backward_args(const at::Tensor& grad_lam, const at::Tensor& grad_lam_label,
+                                      const at::Tensor& grad_labels1, const at::Tensor& grad_labels2,
+                                      const at::Tensor& intensities, const at::Tensor& lam,
+                                      bool need_intensities) {
+  constexpr const char* op = "fused_mix_backward";
+  TORCH_CHECK(grad_lam.sizes() == lam.sizes(), op, ": grad_lam must be shaped like lam ", lam.sizes(),
+              ", got ", grad_lam.sizes());
+  TORCH_CHECK(grad_lam_label.dim() == 1 && grad_lam_label.size(0) == lam.size(1), op,
+              ": grad_lam_label must be [K] = [", lam.size(1), "], got ", grad_lam_label.sizes());
+  TORCH_CHECK(grad_labels1.dim() >= 1 && grad_labels1.size(0) == lam.size(1) &&
+                  grad_labels2.sizes() == grad_labels1.sizes(),
+              op, ": grad_labels1 and grad_labels2 must be [K, ...] with K = ", lam.size(1), ", got ",
+              grad_labels1.sizes(), " and ", grad_labels2.sizes());
+  TORCH_CHECK(!need_intensities || (intensities.dim() == 2 && intensities.size(0) == lam.size(0)), op,
+              ": intensities must be [M, B] with M = ", lam.size(0), ", got ", intensities.sizes());
+}
+
 // The largest batch SASS accepts. The CUDA kernel sorts the keys of all B*B
 // ordered pairs in one at::sort, which refuses a sorted dimension of more than
 // INT_MAX elements: 46340^2 <= 2^31 - 1 < 46341^2. The CPU kernel has the same
 // limit so that a batch fails alike on both devices.
 constexpr int64_t kMaxSassBatch = 46340;
+
+// similarity: M >= 1 feats (check_feats) and B >= 2. Returns B.
+inline int64_t check_similarity_args(at::TensorList feats, const char* op) {
+  const int64_t batch = check_feats(feats, op);
+  TORCH_CHECK(batch >= 2, op, ": needs a batch of at least 2 samples, got B = ", batch);
+  return batch;
+}
 
 // num_mix >= 1, 0 <= threshold < 1, alpha > 0, 2 <= B <= kMaxSassBatch; the seed
 // is an int64 scalar tensor (on the feature device or the CPU) so it never

@@ -23,6 +23,21 @@ TORCH_LIBRARY(msmix, m) {
       "Tensor labels, Tensor idx1, Tensor idx2, Tensor lam, Tensor lam_label, "
       "bool[4] output_mask) -> (Tensor[] grad_feats, Tensor grad_labels, Tensor grad_lam, "
       "Tensor grad_lam_label)");
+  // The whole MS-Mix call (design.md §3-6) in one operator: sass_select, the
+  // ratios from the intensities [M, B], mix, and labels[idx1], labels[idx2].
+  // Bitwise what composing sass_select, msmix_ext.mix_ratios and mix gives.
+  m.def(
+      "fused_mix(Tensor[] feats, Tensor labels, Tensor intensities, int num_mix, float threshold, "
+      "Tensor seed, float alpha) -> (Tensor[] feats_out, Tensor labels_out, Tensor idx1, "
+      "Tensor idx2, Tensor lam, Tensor lam_label, Tensor lam0, Tensor labels1, Tensor labels2)");
+  // Gradients of fused_mix for feats, labels and intensities, one per
+  // output_mask entry (an unrequested one comes back as [] or a [0] tensor).
+  // feats and labels are read only for the intensities' gradient.
+  m.def(
+      "fused_mix_backward(Tensor[] grad_feats_out, Tensor grad_labels_out, Tensor grad_lam, "
+      "Tensor grad_lam_label, Tensor grad_labels1, Tensor grad_labels2, Tensor[] feats, "
+      "Tensor labels, Tensor intensities, Tensor idx1, Tensor idx2, Tensor lam, Tensor lam_label, "
+      "bool[3] output_mask) -> (Tensor[] grad_feats, Tensor grad_labels, Tensor grad_intensities)");
 }
 
 // SASS returns indices and random ratios: nothing to differentiate, even when

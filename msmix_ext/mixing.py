@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from . import ops as _ops  # noqa: F401  (registers fake kernels and autograd)
+from . import ops as _ops
 from ._build import require_extension
 from ._types import MixOutput
 from .distributed import check_pool, fold_rank, global_fused_mix, process_group_active
-from .ratios import mix_ratios, stack_intensities
+from .ratios import stack_intensities
 
 _SEED_LIMIT = 2**63 - 1
 
@@ -61,7 +61,7 @@ def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
         on CUDA their rows and columns of S' are NaN (no host-synchronising check).
     """
     require_extension()
-    return torch.ops.msmix.similarity(_feature_list(feats))
+    return _ops.similarity(_feature_list(feats))
 
 
 def sass_select(feats: Sequence[torch.Tensor], num_mix: int, threshold: float = 0.4,
@@ -81,8 +81,7 @@ def sass_select(feats: Sequence[torch.Tensor], num_mix: int, threshold: float = 
     """
     require_extension()
     feats = _feature_list(feats)
-    idx1, idx2, _ = torch.ops.msmix.sass_select(feats, num_mix, float(threshold), seed_tensor(seed),
-                                                2.0)
+    idx1, idx2, _ = _ops.sass_select(feats, num_mix, float(threshold), seed_tensor(seed), 2.0)
     return idx1, idx2
 
 
@@ -103,7 +102,7 @@ def mix(feats: Sequence[torch.Tensor], labels: torch.Tensor, idx1: torch.Tensor,
     elementwise, ``eps`` = 2^-11 (float16) or 2^-8 (bfloat16); the clean rows are exact copies.
     """
     require_extension()
-    feats_out, labels_out = torch.ops.msmix.mix(_feature_list(feats), labels, idx1, idx2, lam, lam_label)
+    feats_out, labels_out = _ops.mix(_feature_list(feats), labels, idx1, idx2, lam, lam_label)
     return list(feats_out), labels_out
 
 
@@ -163,11 +162,9 @@ def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor,
                                 seed_drawn=seed_drawn, alpha=alpha, group=group)
     if distributed and seed_drawn:
         seed = fold_rank(seed, dist.get_rank())
-    idx1, idx2, lam0 = torch.ops.msmix.sass_select(feats, num_mix, float(threshold), seed, float(alpha))
-    lam, lam_label = mix_ratios(intensities, idx1, idx2, lam0)
-    feats_out, labels_out = torch.ops.msmix.mix(feats, labels, idx1, idx2, lam, lam_label)
-    return MixOutput(list(feats_out), labels_out, idx1, idx2, lam, lam_label, labels.index_select(0, idx1),
-                     labels.index_select(0, idx2), lam0)
+    feats_out, labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2 = _ops.fused_mix(
+        feats, labels, intensities, num_mix, float(threshold), seed, float(alpha))
+    return MixOutput(list(feats_out), labels_out, idx1, idx2, lam, lam_label, labels1, labels2, lam0)
 
 
 def combine_masks(masks: Sequence[torch.Tensor | None], out: MixOutput) -> list[torch.Tensor | None]:

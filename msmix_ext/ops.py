@@ -1,9 +1,12 @@
-"""Fake (meta) kernels and autograd of the torch.ops.msmix operators.
+"""The torch.ops.msmix operators: one thin wrapper per operator, their fake (meta)
+kernels and the Python autograd of ``mix``.
 
 The schemas are declared in csrc/msmix.cpp and the kernels registered per
-device in csrc/cpu and csrc/cuda. This module adds what torch.compile and
-autograd need: shape-only fake kernels, and a backward that is itself an
-operator (msmix::mix_backward) so that compiled graphs can trace it.
+device in csrc/cpu and csrc/cuda (fused_mix: csrc/fused.cpp, with its autograd
+in C++). This module adds what torch.compile and autograd need: shape-only fake
+kernels, and a backward that is itself an operator (msmix::mix_backward) so that
+compiled graphs can trace it. The wrappers take exactly the schema's arguments
+and check nothing: the kernels validate (csrc/checks.h).
 """
 
 from __future__ import annotations
@@ -13,6 +16,28 @@ from collections.abc import Sequence
 import torch
 
 from ._build import HAS_EXTENSION
+
+
+def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.ops.msmix.similarity(feats)
+
+
+def sass_select(feats: Sequence[torch.Tensor], num_mix: int, threshold: float, seed: torch.Tensor,
+                alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(idx1, idx2, lam0)``."""
+    return torch.ops.msmix.sass_select(feats, num_mix, threshold, seed, alpha)
+
+
+def mix(feats: Sequence[torch.Tensor], labels: torch.Tensor, idx1: torch.Tensor, idx2: torch.Tensor,
+        lam: torch.Tensor, lam_label: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(feats_out, labels_out)``."""
+    return torch.ops.msmix.mix(feats, labels, idx1, idx2, lam, lam_label)
+
+
+def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor, intensities: torch.Tensor, num_mix: int,
+              threshold: float, seed: torch.Tensor, alpha: float):
+    """``(feats_out, labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2)``."""
+    return torch.ops.msmix.fused_mix(feats, labels, intensities, num_mix, threshold, seed, alpha)
 
 
 def _input_grad_flags(needs_input_grad, num_feats: int) -> tuple[bool, ...]:
@@ -65,6 +90,26 @@ def _fake_mix_backward(grad_feats_out, grad_labels_out, feats, labels, idx1, idx
     return grad_feats, grad_labels, grad_lam, grad_lam_label
 
 
+def _fake_fused_mix(feats, labels, intensities, num_mix, threshold, seed, alpha):
+    idx1, idx2, lam0 = _fake_sass_select(feats, num_mix, threshold, seed, alpha)
+    feats_out, labels_out = _fake_mix(feats, labels, idx1, idx2, None, None)
+    lam = intensities.new_empty((intensities.shape[0], num_mix))
+    picked = labels.new_empty((num_mix, *labels.shape[1:]))
+    return (feats_out, labels_out, idx1, idx2, lam, intensities.new_empty((num_mix,)), lam0, picked,
+            torch.empty_like(picked))
+
+
+def _fake_fused_mix_backward(grad_feats_out, grad_labels_out, grad_lam, grad_lam_label, grad_labels1,
+                             grad_labels2, feats, labels, intensities, idx1, idx2, lam, lam_label,
+                             output_mask):
+    need_feats, need_labels, need_intensities = output_mask
+    grad_feats, grad_labels, _, _ = _fake_mix_backward(grad_feats_out, grad_labels_out, feats, labels, idx1,
+                                                       idx2, lam, lam_label, [need_feats, need_labels, False,
+                                                                              False])
+    grad_intensities = intensities.new_empty(tuple(intensities.shape) if need_intensities else (0,))
+    return grad_feats, grad_labels, grad_intensities
+
+
 def _setup_mix_context(ctx, inputs, output) -> None:
     feats, labels, idx1, idx2, lam, lam_label = inputs
     need_feats, need_labels, _, _, need_lam, need_lam_label = _input_grad_flags(
@@ -95,9 +140,11 @@ def _mix_backward(ctx, grad_feats_out, grad_labels_out):
     )
 
 
-def _mix_double_backward(ctx, *grads):
-    raise RuntimeError("msmix_ext.mix supports first-order gradients only; differentiating its "
-                       "gradient (create_graph=True) again is not implemented")
+def _no_double_backward(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"msmix_ext.{op} supports first-order gradients only; differentiating its "
+                           "gradient (create_graph=True) again is not implemented")
+    return backward
 
 
 def _similarity_backward(ctx, grad):
@@ -113,4 +160,8 @@ if HAS_EXTENSION:
     torch.library.register_autograd("msmix::mix", _mix_backward, setup_context=_setup_mix_context)
     torch.library.register_autograd("msmix::similarity", _similarity_backward)
     # Without this, a second derivative through mix would silently be zero.
-    torch.library.register_autograd("msmix::mix_backward", _mix_double_backward)
+    torch.library.register_autograd("msmix::mix_backward", _no_double_backward("mix"))
+    # fused_mix's autograd is a C++ Function at the Autograd key (csrc/fused.cpp).
+    torch.library.register_fake("msmix::fused_mix")(_fake_fused_mix)
+    torch.library.register_fake("msmix::fused_mix_backward")(_fake_fused_mix_backward)
+    torch.library.register_autograd("msmix::fused_mix_backward", _no_double_backward("fused_mix"))

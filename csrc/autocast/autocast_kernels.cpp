@@ -4,7 +4,8 @@
 //   - similarity and sass_select read their features in float32 (float64 stays
 //     float64), so the pairs equal those drawn from the features cast to
 //     float32 up front;
-//   - mix keeps the feature dtype; modalities that arrive in different dtypes
+//   - mix and fused_mix keep the feature dtype (fused_mix's SASS reads its
+//     features in float32 anyway: the accumulate dtype of every half type); modalities that arrive in different dtypes
 //     (an encoder under autocast next to raw float32 features) are promoted to
 //     the widest, since the kernel takes one dtype for all of them.
 // Each kernel then re-dispatches with every autocast key excluded, so the
@@ -26,6 +27,9 @@ namespace {
 using Sass = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using Mixed = std::tuple<std::vector<at::Tensor>, at::Tensor>;
 using MixGrads = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor>;
+using FusedOut = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                            at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using FusedGrads = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor>;
 
 c10::OperatorHandle find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
@@ -117,11 +121,43 @@ MixGrads mix_backward_autocast(at::TensorList grad_feats_out, const at::Tensor& 
 }
 
 template <c10::DeviceType device>
+FusedOut fused_mix_autocast(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
+                            int64_t num_mix, double threshold, const at::Tensor& seed, double alpha) {
+  const std::vector<at::Tensor> cast = cast_feats<device>(feats, widest_dtype(feats));
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  static const auto op = find_op("msmix::fused_mix")
+                             .typed<FusedOut(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t,
+                                             double, const at::Tensor&, double)>();
+  return op.call(cast, labels, intensities, num_mix, threshold, seed, alpha);
+}
+
+template <c10::DeviceType device>
+FusedGrads fused_mix_backward_autocast(at::TensorList grad_feats_out, const at::Tensor& grad_labels_out,
+                                       const at::Tensor& grad_lam, const at::Tensor& grad_lam_label,
+                                       const at::Tensor& grad_labels1, const at::Tensor& grad_labels2,
+                                       at::TensorList feats, const at::Tensor& labels,
+                                       const at::Tensor& intensities, const at::Tensor& idx1,
+                                       const at::Tensor& idx2, const at::Tensor& lam, const at::Tensor& lam_label,
+                                       std::array<bool, 3> output_mask) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  static const auto op =
+      find_op("msmix::fused_mix_backward")
+          .typed<FusedGrads(at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, std::array<bool, 3>)>();
+  return op.call(grad_feats_out, grad_labels_out, grad_lam, grad_lam_label, grad_labels1, grad_labels2, feats,
+                 labels, intensities, idx1, idx2, lam, lam_label, output_mask);
+}
+
+template <c10::DeviceType device>
 void register_autocast(torch::Library& m) {
   m.impl("similarity", &similarity_autocast<device>);
   m.impl("sass_select", &sass_select_autocast<device>);
   m.impl("mix", &mix_autocast<device>);
   m.impl("mix_backward", &mix_backward_autocast<device>);
+  m.impl("fused_mix", &fused_mix_autocast<device>);
+  m.impl("fused_mix_backward", &fused_mix_backward_autocast<device>);
 }
 
 }  // namespace

@@ -19,10 +19,6 @@
 namespace msmix {
 namespace {
 
-at::ScalarType accumulate_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Writes the L2-normalised rows of every modality side by side into z
 // [B, sum_m T_m * D_m]. The norm is taken of the row divided by its largest
 // magnitude, so large fp16/bf16/fp32 values cannot overflow the sum of squares.
@@ -117,8 +113,7 @@ at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
 }
 
 at::Tensor similarity_forward_kernel(at::TensorList feats) {
-  const int64_t batch = check_feats(feats, "similarity");
-  TORCH_CHECK(batch >= 2, "similarity: needs a batch of at least 2 samples, got B = ", batch);
+  check_similarity_args(feats, "similarity");
   return normalised_similarity(feats, "similarity");
 }
 
@@ -135,35 +130,65 @@ void keep_smallest(std::vector<T>& items, int64_t count) {
   std::sort(items.begin(), items.end());
 }
 
-// The keyed valid pairs (design.md §4.4), rows in parallel; their order does not
-// matter, as (key, flat) is a total order and the smallest keys win.
+// The num_mix smallest (key, flat) among the valid pairs (design.md §4.4), and
+// how many pairs are valid. Each thread keeps a bounded max-heap of its
+// smallest keys, so memory stays O(threads * K) at any B and a key that loses
+// to the heap's top costs one comparison; the heaps are merged at the end.
+// (key, flat) is a total order, so the result does not depend on the split.
+struct ValidPairDraw {
+  std::vector<KeyedPair> smallest;  // ascending
+  int64_t num_valid = 0;
+};
+
 template <typename acc_t>
-std::vector<KeyedPair> valid_keyed_pairs(const acc_t* s, int64_t batch, acc_t threshold, uint64_t seed) {
-  // One list per row: parallel_for's chunks are not aligned to the grain.
-  std::vector<std::vector<KeyedPair>> per_row(static_cast<size_t>(batch));
-  at::parallel_for(0, batch, std::max<int64_t>(1, 65536 / batch), [&](int64_t begin, int64_t end) {
+ValidPairDraw draw_valid_pairs(const acc_t* s, int64_t batch, int64_t num_mix, acc_t threshold, uint64_t seed) {
+  const int num_threads = at::get_num_threads();
+  std::vector<std::vector<KeyedPair>> heaps(num_threads);
+  std::vector<int64_t> counts(num_threads, 0);
+  // Rows of keys are computed apart from the filter so that the Philox loop vectorises.
+  const int64_t grain = std::max<int64_t>(1, 262144 / batch);
+  at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
+    const int thread = at::get_thread_num();
+    std::vector<KeyedPair>& heap = heaps[thread];
+    std::vector<uint64_t> keys(batch);
+    int64_t count = 0;
     for (int64_t i = begin; i < end; ++i) {
-      std::vector<KeyedPair>& out = per_row[i];
-      for (int64_t j = 0; j < batch; ++j)
-        if (i != j && s[i * batch + j] > threshold) {
-          const int64_t flat = i * batch + j;
-          out.emplace_back(valid_pair_key(seed, flat), flat);
+      const int64_t row_start = i * batch;
+      for (int64_t j = 0; j < batch; ++j) keys[j] = valid_pair_key(seed, row_start + j);
+      const acc_t* row = s + row_start;
+      for (int64_t j = 0; j < batch; ++j) {
+        if (j == i || !(row[j] > threshold)) continue;
+        ++count;
+        const KeyedPair item(keys[j], row_start + j);
+        if (static_cast<int64_t>(heap.size()) < num_mix) {
+          heap.push_back(item);
+          std::push_heap(heap.begin(), heap.end());
+        } else if (item < heap.front()) {
+          std::pop_heap(heap.begin(), heap.end());
+          heap.back() = item;
+          std::push_heap(heap.begin(), heap.end());
         }
+      }
     }
+    counts[thread] += count;
   });
-  std::vector<KeyedPair> valid;
-  for (const std::vector<KeyedPair>& row : per_row) valid.insert(valid.end(), row.begin(), row.end());
-  return valid;
+  ValidPairDraw draw;
+  for (int t = 0; t < num_threads; ++t) {
+    draw.smallest.insert(draw.smallest.end(), heaps[t].begin(), heaps[t].end());
+    draw.num_valid += counts[t];
+  }
+  keep_smallest(draw.smallest, num_mix);
+  return draw;
 }
 
 template <typename acc_t>
 void select_pairs(const acc_t* s, int64_t batch, int64_t num_mix, acc_t threshold, uint64_t seed,
                   int64_t* idx1, int64_t* idx2) {
-  std::vector<KeyedPair> valid = valid_keyed_pairs(s, batch, threshold, seed);
+  const ValidPairDraw valid = draw_valid_pairs(s, batch, num_mix, threshold, seed);
   std::vector<int64_t> chosen;
-  if (static_cast<int64_t>(valid.size()) >= num_mix) {
-    keep_smallest(valid, num_mix);
-    for (const KeyedPair& p : valid) chosen.push_back(p.second);
+  chosen.reserve(num_mix);
+  if (valid.num_valid >= num_mix) {
+    for (const KeyedPair& p : valid.smallest) chosen.push_back(p.second);
   } else {
     // Fallback: the top min(2K, B(B-1)/2) pairs i < j by S', ties by flat index.
     std::vector<std::pair<acc_t, int64_t>> upper;

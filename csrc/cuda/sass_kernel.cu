@@ -59,10 +59,6 @@ constexpr int64_t kGramTargetBlocks = 512;   // split the columns up to about th
 constexpr int64_t kGramMinColumns = 256;     // but give every split at least this many columns
 constexpr int64_t kExcludedKey = std::numeric_limits<int64_t>::max();
 
-at::ScalarType accumulate_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 int64_t grid_for(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>(ceil_div(n, kThreads), kMaxGridBlocks));
 }
@@ -465,8 +461,7 @@ RawSimilarity raw_similarity(at::TensorList feats) {
 }
 
 at::Tensor similarity_forward_kernel(at::TensorList feats) {
-  const int64_t batch = check_feats(feats, "similarity");
-  TORCH_CHECK(batch >= 2, "similarity: needs a batch of at least 2 samples, got B = ", batch);
+  const int64_t batch = check_similarity_args(feats, "similarity");
   const c10::cuda::CUDAGuard guard(feats[0].device());
   RawSimilarity sim = raw_similarity(feats);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -1,0 +1,175 @@
+// Mixing ratios of fused_mix on CUDA (design.md §3, 5), the computation of
+// csrc/cpu/ratio_kernel.cpp (the same ratio_math.h, the same order of sums, so
+// the same bits). The work is O(M (B + K)) flops: one block, one thread per
+// modality walking its row serially, which keeps every sum in a fixed order
+// (deterministic) at the cost of one launch per call. Launches: forward 1
+// (+1 cast of lam0 when the intensities are not in lam0's dtype); backward 1
+// for the intensities, 1 for the labels.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "../checks.h"
+#include "../fused.h"
+#include "../ratio_math.h"
+
+namespace msmix {
+namespace {
+
+constexpr int kRatioThreads = 32;
+
+template <typename scalar_t>
+__global__ void mix_ratios_forward_kernel(const scalar_t* intensities, const int64_t* idx1, const int64_t* idx2,
+                                          const scalar_t* lam0, scalar_t* lam, scalar_t* lam_label,
+                                          int64_t num_modalities, int64_t batch, int64_t num_mix) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t m = threadIdx.x; m < num_modalities; m += blockDim.x) {
+    const scalar_t* row = intensities + m * batch;
+    acc_t lo = fabs(static_cast<acc_t>(row[0])), hi = lo;
+    for (int64_t b = 1; b < batch; ++b) {
+      const acc_t a = fabs(static_cast<acc_t>(row[b]));
+      lo = a < lo ? a : lo;
+      hi = a > hi ? a : hi;
+    }
+    const acc_t range = weight_range<scalar_t>(lo, hi);
+    for (int64_t k = 0; k < num_mix; ++k) {
+      const acc_t w1 = intensity_weight<scalar_t>(fabs(static_cast<acc_t>(row[idx1[k]])), lo, range);
+      const acc_t w2 = intensity_weight<scalar_t>(fabs(static_cast<acc_t>(row[idx2[k]])), lo, range);
+      lam[m * num_mix + k] = static_cast<scalar_t>(modality_ratio<scalar_t>(static_cast<acc_t>(lam0[k]), w1, w2));
+    }
+  }
+  __syncthreads();
+  for (int64_t k = threadIdx.x; k < num_mix; k += blockDim.x) {
+    acc_t sum = 0;
+    for (int64_t m = 0; m < num_modalities; ++m) sum += static_cast<acc_t>(lam[m * num_mix + k]);
+    lam_label[k] = static_cast<scalar_t>(sum / static_cast<acc_t>(num_modalities));
+  }
+}
+
+// `work` holds 3 * batch accumulators per modality: |I|, w and the gradient of w.
+template <typename scalar_t>
+__global__ void mix_ratios_backward_kernel(const scalar_t* grad_lam, const scalar_t* grad_lam_label,
+                                           const scalar_t* intensities, const int64_t* idx1,
+                                           const int64_t* idx2, scalar_t* grad_intensities,
+                                           at::opmath_type<scalar_t>* work, int64_t num_modalities,
+                                           int64_t batch, int64_t num_mix) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t m = threadIdx.x; m < num_modalities; m += blockDim.x) {
+    const scalar_t* row = intensities + m * batch;
+    acc_t* magnitudes = work + 3 * m * batch;
+    acc_t* weights = magnitudes + batch;
+    acc_t* grad_weights = weights + batch;
+    acc_t lo = fabs(static_cast<acc_t>(row[0])), hi = lo;
+    for (int64_t b = 0; b < batch; ++b) {
+      magnitudes[b] = fabs(static_cast<acc_t>(row[b]));
+      lo = magnitudes[b] < lo ? magnitudes[b] : lo;
+      hi = magnitudes[b] > hi ? magnitudes[b] : hi;
+    }
+    const acc_t range = weight_range<scalar_t>(lo, hi);
+    for (int64_t b = 0; b < batch; ++b) {
+      weights[b] = intensity_weight<scalar_t>(magnitudes[b], lo, range);
+      grad_weights[b] = 0;
+    }
+    for (int64_t k = 0; k < num_mix; ++k) {
+      const acc_t g = static_cast<acc_t>(grad_lam[m * num_mix + k]) +
+                      static_cast<acc_t>(grad_lam_label[k]) / static_cast<acc_t>(num_modalities);
+      acc_t g_w1, g_w2;
+      modality_ratio_backward(g, weights[idx1[k]], weights[idx2[k]], &g_w1, &g_w2);
+      grad_weights[idx1[k]] += g_w1;
+      grad_weights[idx2[k]] += g_w2;
+    }
+    acc_t sum_grad = 0, grad_range = 0;
+    int64_t lo_count = 0, hi_count = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      sum_grad += grad_weights[b];
+      grad_range -= grad_weights[b] * (magnitudes[b] - lo) / (range * range);
+      lo_count += magnitudes[b] == lo;
+      hi_count += magnitudes[b] == hi;
+    }
+    const acc_t grad_lo = (-sum_grad / range - grad_range) / static_cast<acc_t>(lo_count);
+    const acc_t grad_hi = grad_range / static_cast<acc_t>(hi_count);
+    for (int64_t b = 0; b < batch; ++b) {
+      acc_t g = grad_weights[b] / range;
+      if (magnitudes[b] == lo) g += grad_lo;
+      if (magnitudes[b] == hi) g += grad_hi;
+      grad_intensities[m * batch + b] = static_cast<scalar_t>(g * abs_grad_sign(static_cast<acc_t>(row[b])));
+    }
+  }
+}
+
+// One thread for all of it: k order, as on the CPU.
+template <typename scalar_t>
+__global__ void add_picked_label_grads_kernel(scalar_t* grad_labels, const scalar_t* grad1, const scalar_t* grad2,
+                                              const int64_t* idx1, const int64_t* idx2, int64_t num_mix) {
+  for (int64_t k = 0; k < num_mix; ++k) grad_labels[idx1[k]] += grad1[k];
+  for (int64_t k = 0; k < num_mix; ++k) grad_labels[idx2[k]] += grad2[k];
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> mix_ratios_cuda(const at::Tensor& intensities, const at::Tensor& idx1,
+                                                   const at::Tensor& idx2, const at::Tensor& lam0) {
+  const c10::cuda::CUDAGuard guard(intensities.device());
+  const at::Tensor source = intensities.contiguous();
+  const at::Tensor base = lam0.to(source.scalar_type()).contiguous();
+  const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
+  const int64_t num_modalities = source.size(0), batch = source.size(1), num_mix = idx1.size(0);
+  at::Tensor lam = at::empty({num_modalities, num_mix}, source.options());
+  at::Tensor lam_label = at::empty({num_mix}, source.options());
+  if (num_mix == 0 || num_modalities == 0) return {lam, lam_label};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(), "mix_ratios", [&] {
+    mix_ratios_forward_kernel<scalar_t><<<1, kRatioThreads, 0, stream>>>(
+        source.data_ptr<scalar_t>(), i1.data_ptr<int64_t>(), i2.data_ptr<int64_t>(), base.data_ptr<scalar_t>(),
+        lam.data_ptr<scalar_t>(), lam_label.data_ptr<scalar_t>(), num_modalities, batch, num_mix);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {lam, lam_label};
+}
+
+at::Tensor mix_ratios_backward_cuda(const at::Tensor& grad_lam, const at::Tensor& grad_lam_label,
+                                    const at::Tensor& intensities, const at::Tensor& idx1,
+                                    const at::Tensor& idx2) {
+  const c10::cuda::CUDAGuard guard(intensities.device());
+  const at::Tensor source = intensities.contiguous();
+  const at::Tensor g_lam = grad_lam.to(source.scalar_type()).contiguous();
+  const at::Tensor g_label = grad_lam_label.to(source.scalar_type()).contiguous();
+  const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
+  at::Tensor grad = at::empty_like(source);
+  if (source.numel() == 0) return grad;
+  at::Tensor work = at::empty({3 * source.numel()}, source.options().dtype(accumulate_type(source.scalar_type())));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(), "mix_ratios_backward", [&] {
+    mix_ratios_backward_kernel<scalar_t><<<1, kRatioThreads, 0, stream>>>(
+        g_lam.data_ptr<scalar_t>(), g_label.data_ptr<scalar_t>(), source.data_ptr<scalar_t>(),
+        i1.data_ptr<int64_t>(), i2.data_ptr<int64_t>(), grad.data_ptr<scalar_t>(),
+        work.data_ptr<at::opmath_type<scalar_t>>(), source.size(0), source.size(1), idx1.size(0));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad;
+}
+
+void add_picked_label_grads_cuda(at::Tensor& grad_labels, const at::Tensor& grad_labels1,
+                                 const at::Tensor& grad_labels2, const at::Tensor& idx1,
+                                 const at::Tensor& idx2) {
+  const c10::cuda::CUDAGuard guard(grad_labels.device());
+  const at::Tensor g1 = grad_labels1.to(grad_labels.scalar_type()).contiguous();
+  const at::Tensor g2 = grad_labels2.to(grad_labels.scalar_type()).contiguous();
+  const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
+  if (idx1.size(0) == 0) return;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_labels.scalar_type(), "fused_mix_backward", [&] {
+    add_picked_label_grads_kernel<scalar_t><<<1, 1, 0, stream>>>(grad_labels.data_ptr<scalar_t>(),
+                                                                g1.data_ptr<scalar_t>(), g2.data_ptr<scalar_t>(),
+                                                                i1.data_ptr<int64_t>(), i2.data_ptr<int64_t>(),
+                                                                idx1.size(0));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace msmix

@@ -1,0 +1,188 @@
+// fused_mix: one operator call forward and one backward for the whole MS-Mix
+// call. The forward composes the sass_select and mix kernels of the device with
+// the ratio kernel of csrc/fused.h, without leaving C++; the autograd node is a
+// C++ autograd Function registered at the Autograd key, whose backward is the
+// fused_mix_backward operator (so torch.compile traces it like any other op).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <array>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "fused.h"
+
+namespace msmix {
+namespace {
+
+using Sass = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using Mixed = std::tuple<std::vector<at::Tensor>, at::Tensor>;
+using MixGrads = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor>;
+using FusedOut = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                            at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using FusedGrads = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor>;
+
+c10::OperatorHandle find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+std::tuple<at::Tensor, at::Tensor> mix_ratios_on_device(const at::Tensor& intensities, const at::Tensor& idx1,
+                                                        const at::Tensor& idx2, const at::Tensor& lam0) {
+#ifdef MSMIX_WITH_CUDA
+  if (intensities.is_cuda()) return mix_ratios_cuda(intensities, idx1, idx2, lam0);
+#endif
+  TORCH_CHECK(intensities.is_cpu(), "fused_mix: no kernel for intensities on ", intensities.device());
+  return mix_ratios_cpu(intensities, idx1, idx2, lam0);
+}
+
+FusedOut fused_mix_forward_kernel(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
+                                  int64_t num_mix, double threshold, const at::Tensor& seed, double alpha) {
+  const int64_t batch = check_feats(feats, "fused_mix");
+  check_intensities(intensities, static_cast<int64_t>(feats.size()), batch, feats[0], "fused_mix");
+  const c10::DeviceGuard guard(feats[0].device());
+  static const auto sass_op = find_op("msmix::sass_select")
+                                  .typed<Sass(at::TensorList, int64_t, double, const at::Tensor&, double)>();
+  static const auto mix_op =
+      find_op("msmix::mix").typed<Mixed(at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        const at::Tensor&, const at::Tensor&)>();
+  auto [idx1, idx2, lam0] = sass_op.call(feats, num_mix, threshold, seed, alpha);
+  auto [lam, lam_label] = mix_ratios_on_device(intensities, idx1, idx2, lam0);
+  auto [feats_out, labels_out] = mix_op.call(feats, labels, idx1, idx2, lam, lam_label);
+  at::Tensor labels1 = labels.index_select(0, idx1), labels2 = labels.index_select(0, idx2);
+  return {std::move(feats_out), labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2};
+}
+
+FusedGrads fused_mix_backward_kernel(at::TensorList grad_feats_out, const at::Tensor& grad_labels_out,
+                                     const at::Tensor& grad_lam, const at::Tensor& grad_lam_label,
+                                     const at::Tensor& grad_labels1, const at::Tensor& grad_labels2,
+                                     at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
+                                     const at::Tensor& idx1, const at::Tensor& idx2, const at::Tensor& lam,
+                                     const at::Tensor& lam_label, std::array<bool, 3> output_mask) {
+  const auto [need_feats, need_labels, need_intensities] = output_mask;
+  check_fused_backward_args(grad_lam, grad_lam_label, grad_labels1, grad_labels2, intensities, lam,
+                            need_intensities);
+  const c10::DeviceGuard guard(grad_labels_out.device());
+  static const auto mix_backward_op =
+      find_op("msmix::mix_backward")
+          .typed<MixGrads(at::TensorList, const at::Tensor&, at::TensorList, const at::Tensor&, const at::Tensor&,
+                          const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 4>)>();
+  // lam and lam_label depend on the intensities only: their gradients are needed for those alone.
+  auto [grad_feats, grad_labels, grad_lam_total, grad_lam_label_total] = mix_backward_op.call(
+      grad_feats_out, grad_labels_out, need_intensities ? feats : at::TensorList(),
+      need_intensities ? labels : grad_labels_out.new_empty({0}), idx1, idx2, lam, lam_label,
+      {need_feats, need_labels, need_intensities, need_intensities});
+  at::Tensor grad_intensities = grad_lam.new_empty({0});
+  const bool on_cuda = grad_labels_out.is_cuda();
+#ifndef MSMIX_WITH_CUDA
+  TORCH_CHECK(!on_cuda, "fused_mix_backward: msmix_ext was built without its CUDA kernels");
+#endif
+  if (need_labels) {
+#ifdef MSMIX_WITH_CUDA
+    if (on_cuda) add_picked_label_grads_cuda(grad_labels, grad_labels1, grad_labels2, idx1, idx2);
+#endif
+    if (!on_cuda) add_picked_label_grads_cpu(grad_labels, grad_labels1, grad_labels2, idx1, idx2);
+  }
+  if (need_intensities) {
+    grad_lam_total.add_(grad_lam);
+    grad_lam_label_total.add_(grad_lam_label);
+#ifdef MSMIX_WITH_CUDA
+    if (on_cuda)
+      grad_intensities = mix_ratios_backward_cuda(grad_lam_total, grad_lam_label_total, intensities, idx1, idx2);
+#endif
+    if (!on_cuda)
+      grad_intensities = mix_ratios_backward_cpu(grad_lam_total, grad_lam_label_total, intensities, idx1, idx2);
+  }
+  return {std::move(grad_feats), grad_labels, grad_intensities};
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Outputs in schema order, flattened: feats_out[0..M), labels_out, idx1, idx2,
+// lam, lam_label, lam0, labels1, labels2.
+class FusedMixFunction : public torch::autograd::Function<FusedMixFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, at::TensorList feats, const at::Tensor& labels,
+                               const at::Tensor& intensities, int64_t num_mix, double threshold,
+                               const at::Tensor& seed, double alpha) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op("msmix::fused_mix")
+                               .typed<FusedOut(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t,
+                                               double, const at::Tensor&, double)>();
+    auto [feats_out, labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2] =
+        op.call(feats, labels, intensities, num_mix, threshold, seed, alpha);
+    const int64_t num_feats = static_cast<int64_t>(feats.size());
+    const bool need_intensities = intensities.requires_grad();
+    // feats and labels are read only by the intensities' gradient: saved only then.
+    variable_list saved;
+    if (need_intensities) saved.insert(saved.end(), feats.begin(), feats.end());
+    saved.insert(saved.end(), {need_intensities ? labels : at::Tensor(), intensities, idx1, idx2, lam, lam_label});
+    ctx->save_for_backward(saved);
+    ctx->saved_data["num_feats"] = num_feats;
+    ctx->saved_data["saved_feats"] = need_intensities;
+    ctx->mark_non_differentiable({idx1, idx2, lam0});
+    variable_list out(feats_out.begin(), feats_out.end());
+    out.insert(out.end(), {labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const int64_t num_feats = ctx->saved_data["num_feats"].toInt();
+    const bool saved_feats = ctx->saved_data["saved_feats"].toBool();
+    variable_list saved = ctx->get_saved_variables();
+    const std::vector<at::Tensor> feats(saved.begin(), saved.begin() + (saved_feats ? num_feats : 0));
+    const auto rest = saved.begin() + (saved_feats ? num_feats : 0);
+    const at::Tensor &labels = rest[0], &intensities = rest[1], &idx1 = rest[2], &idx2 = rest[3],
+                     &lam = rest[4], &lam_label = rest[5];
+    std::vector<at::Tensor> grad_feats_out;
+    for (int64_t m = 0; m < num_feats; ++m) grad_feats_out.push_back(grads[m].contiguous());
+    const auto g = grads.begin() + num_feats;  // labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2
+    bool need_feats = false;
+    for (int64_t m = 0; m < num_feats; ++m) need_feats = need_feats || ctx->needs_input_grad(m);
+    const bool need_labels = ctx->needs_input_grad(num_feats);
+    const bool need_intensities = ctx->needs_input_grad(num_feats + 1);
+    static const auto op =
+        find_op("msmix::fused_mix_backward")
+            .typed<FusedGrads(at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
+                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, std::array<bool, 3>)>();
+    auto [grad_feats, grad_labels, grad_intensities] =
+        op.call(grad_feats_out, g[0].contiguous(), g[3], g[4], g[6], g[7], feats,
+                labels.defined() ? labels : g[0].new_empty({0}), intensities, idx1, idx2, lam, lam_label,
+                {need_feats, need_labels, need_intensities});
+    variable_list result;
+    for (int64_t m = 0; m < num_feats; ++m)
+      result.push_back(need_feats && ctx->needs_input_grad(m) ? grad_feats[m] : at::Tensor());
+    result.push_back(need_labels ? grad_labels : at::Tensor());
+    result.push_back(need_intensities ? grad_intensities : at::Tensor());
+    // num_mix, threshold, seed, alpha
+    result.insert(result.end(), {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()});
+    return result;
+  }
+};
+
+FusedOut fused_mix_autograd(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
+                            int64_t num_mix, double threshold, const at::Tensor& seed, double alpha) {
+  const variable_list out =
+      FusedMixFunction::apply(feats, labels, intensities, num_mix, threshold, seed, alpha);
+  const int64_t num_feats = static_cast<int64_t>(feats.size());
+  const auto rest = out.begin() + num_feats;
+  return {std::vector<at::Tensor>(out.begin(), rest), rest[0], rest[1], rest[2], rest[3], rest[4], rest[5],
+          rest[6], rest[7]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(msmix, CompositeExplicitAutograd, m) {
+  m.impl("fused_mix", &fused_mix_forward_kernel);
+  m.impl("fused_mix_backward", &fused_mix_backward_kernel);
+}
+
+TORCH_LIBRARY_IMPL(msmix, Autograd, m) { m.impl("fused_mix", &fused_mix_autograd); }
+
+}  // namespace msmix
