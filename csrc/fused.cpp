@@ -15,20 +15,10 @@
 
 #include "checks.h"
 #include "fused.h"
+#include "op_handles.h"
 
 namespace msmix {
 namespace {
-
-using Sass = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-using Mixed = std::tuple<std::vector<at::Tensor>, at::Tensor>;
-using MixGrads = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor>;
-using FusedOut = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                            at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-using FusedGrads = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor>;
-
-c10::OperatorHandle find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
-}
 
 std::tuple<at::Tensor, at::Tensor> mix_ratios_on_device(const at::Tensor& intensities, const at::Tensor& idx1,
                                                         const at::Tensor& idx2, const at::Tensor& lam0) {
@@ -39,19 +29,14 @@ std::tuple<at::Tensor, at::Tensor> mix_ratios_on_device(const at::Tensor& intens
   return mix_ratios_cpu(intensities, idx1, idx2, lam0);
 }
 
-FusedOut fused_mix_forward_kernel(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
+FusedResult fused_mix_forward_kernel(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
                                   int64_t num_mix, double threshold, const at::Tensor& seed, double alpha) {
   const int64_t batch = check_feats(feats, "fused_mix");
   check_intensities(intensities, static_cast<int64_t>(feats.size()), batch, feats[0], "fused_mix");
   const c10::DeviceGuard guard(feats[0].device());
-  static const auto sass_op = find_op("msmix::sass_select")
-                                  .typed<Sass(at::TensorList, int64_t, double, const at::Tensor&, double)>();
-  static const auto mix_op =
-      find_op("msmix::mix").typed<Mixed(at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                        const at::Tensor&, const at::Tensor&)>();
-  auto [idx1, idx2, lam0] = sass_op.call(feats, num_mix, threshold, seed, alpha);
+  auto [idx1, idx2, lam0] = sass_select_op().call(feats, num_mix, threshold, seed, alpha);
   auto [lam, lam_label] = mix_ratios_on_device(intensities, idx1, idx2, lam0);
-  auto [feats_out, labels_out] = mix_op.call(feats, labels, idx1, idx2, lam, lam_label);
+  auto [feats_out, labels_out] = mix_op().call(feats, labels, idx1, idx2, lam, lam_label);
   at::Tensor labels1 = labels.index_select(0, idx1), labels2 = labels.index_select(0, idx2);
   return {std::move(feats_out), labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2};
 }
@@ -66,12 +51,8 @@ FusedGrads fused_mix_backward_kernel(at::TensorList grad_feats_out, const at::Te
   check_fused_backward_args(grad_lam, grad_lam_label, grad_labels1, grad_labels2, intensities, lam,
                             need_intensities);
   const c10::DeviceGuard guard(grad_labels_out.device());
-  static const auto mix_backward_op =
-      find_op("msmix::mix_backward")
-          .typed<MixGrads(at::TensorList, const at::Tensor&, at::TensorList, const at::Tensor&, const at::Tensor&,
-                          const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 4>)>();
   // lam and lam_label depend on the intensities only: their gradients are needed for those alone.
-  auto [grad_feats, grad_labels, grad_lam_total, grad_lam_label_total] = mix_backward_op.call(
+  auto [grad_feats, grad_labels, grad_lam_total, grad_lam_label_total] = mix_backward_op().call(
       grad_feats_out, grad_labels_out, need_intensities ? feats : at::TensorList(),
       need_intensities ? labels : grad_labels_out.new_empty({0}), idx1, idx2, lam, lam_label,
       {need_feats, need_labels, need_intensities, need_intensities});
@@ -110,11 +91,8 @@ class FusedMixFunction : public torch::autograd::Function<FusedMixFunction> {
                                const at::Tensor& intensities, int64_t num_mix, double threshold,
                                const at::Tensor& seed, double alpha) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    static const auto op = find_op("msmix::fused_mix")
-                               .typed<FusedOut(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t,
-                                               double, const at::Tensor&, double)>();
     auto [feats_out, labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2] =
-        op.call(feats, labels, intensities, num_mix, threshold, seed, alpha);
+        fused_mix_op().call(feats, labels, intensities, num_mix, threshold, seed, alpha);
     const int64_t num_feats = static_cast<int64_t>(feats.size());
     const bool need_intensities = intensities.requires_grad();
     // feats and labels are read only by the intensities' gradient: saved only then.
@@ -145,14 +123,8 @@ class FusedMixFunction : public torch::autograd::Function<FusedMixFunction> {
     for (int64_t m = 0; m < num_feats; ++m) need_feats = need_feats || ctx->needs_input_grad(m);
     const bool need_labels = ctx->needs_input_grad(num_feats);
     const bool need_intensities = ctx->needs_input_grad(num_feats + 1);
-    static const auto op =
-        find_op("msmix::fused_mix_backward")
-            .typed<FusedGrads(at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
-                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, std::array<bool, 3>)>();
     auto [grad_feats, grad_labels, grad_intensities] =
-        op.call(grad_feats_out, g[0].contiguous(), g[3], g[4], g[6], g[7], feats,
+        fused_mix_backward_op().call(grad_feats_out, g[0].contiguous(), g[3], g[4], g[6], g[7], feats,
                 labels.defined() ? labels : g[0].new_empty({0}), intensities, idx1, idx2, lam, lam_label,
                 {need_feats, need_labels, need_intensities});
     variable_list result;
@@ -166,7 +138,7 @@ class FusedMixFunction : public torch::autograd::Function<FusedMixFunction> {
   }
 };
 
-FusedOut fused_mix_autograd(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
+FusedResult fused_mix_autograd(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
                             int64_t num_mix, double threshold, const at::Tensor& seed, double alpha) {
   const variable_list out =
       FusedMixFunction::apply(feats, labels, intensities, num_mix, threshold, seed, alpha);

@@ -58,4 +58,67 @@ MSMIX_HOST_DEVICE acc_t abs_grad_sign(acc_t x) {
   return x > acc_t(0) ? acc_t(1) : (x < acc_t(0) ? acc_t(-1) : acc_t(0));
 }
 
+// The gradient of one modality's intensities `row` [B]: lam[m, k] through the
+// ratio formula, the min-max weights and |I|, differentiated as autograd does (a
+// tie for the min or max shares its gradient evenly). grad_lam_row [K] is what
+// reached lam[m] directly, grad_lam_label [K] what reached lam_label (= mean over
+// the M modalities). `work` holds 3 * B accumulators. Serial and in a fixed order,
+// so the CPU and the CUDA kernel give the same bits.
+template <typename scalar_t, typename acc_t>
+MSMIX_HOST_DEVICE void intensity_grad_row(const scalar_t* row, const scalar_t* grad_lam_row,
+                                          const scalar_t* grad_lam_label, const int64_t* idx1,
+                                          const int64_t* idx2, int64_t num_modalities, int64_t batch,
+                                          int64_t num_mix, acc_t* work, scalar_t* grad_row) {
+  acc_t* magnitudes = work;
+  acc_t* weights = work + batch;
+  acc_t* grad_weights = work + 2 * batch;
+  acc_t lo = static_cast<acc_t>(row[0]) < acc_t(0) ? -static_cast<acc_t>(row[0]) : static_cast<acc_t>(row[0]);
+  acc_t hi = lo;
+  for (int64_t b = 0; b < batch; ++b) {
+    const acc_t x = static_cast<acc_t>(row[b]);
+    magnitudes[b] = x < acc_t(0) ? -x : x;
+    lo = magnitudes[b] < lo ? magnitudes[b] : lo;
+    hi = magnitudes[b] > hi ? magnitudes[b] : hi;
+  }
+  const acc_t range = weight_range<scalar_t>(lo, hi);
+  for (int64_t b = 0; b < batch; ++b) {
+    weights[b] = intensity_weight<scalar_t>(magnitudes[b], lo, range);
+    grad_weights[b] = 0;
+  }
+  for (int64_t k = 0; k < num_mix; ++k) {
+    const acc_t g = static_cast<acc_t>(grad_lam_row[k]) +
+                    static_cast<acc_t>(grad_lam_label[k]) / static_cast<acc_t>(num_modalities);
+    acc_t g_w1, g_w2;
+    modality_ratio_backward(g, weights[idx1[k]], weights[idx2[k]], &g_w1, &g_w2);
+    grad_weights[idx1[k]] += g_w1;
+    grad_weights[idx2[k]] += g_w2;
+  }
+  // w = (a - lo) / range: d/da = 1 / range; lo and hi through range and the numerator.
+  acc_t sum_grad = 0, grad_range = 0;
+  int64_t lo_count = 0, hi_count = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    sum_grad += grad_weights[b];
+    grad_range -= grad_weights[b] * (magnitudes[b] - lo) / (range * range);
+    lo_count += magnitudes[b] == lo;
+    hi_count += magnitudes[b] == hi;
+  }
+  const acc_t grad_lo = (-sum_grad / range - grad_range) / static_cast<acc_t>(lo_count);
+  const acc_t grad_hi = grad_range / static_cast<acc_t>(hi_count);
+  for (int64_t b = 0; b < batch; ++b) {
+    acc_t g = grad_weights[b] / range;
+    if (magnitudes[b] == lo) g += grad_lo;
+    if (magnitudes[b] == hi) g += grad_hi;
+    grad_row[b] = static_cast<scalar_t>(g * abs_grad_sign(static_cast<acc_t>(row[b])));
+  }
+}
+
+// grad_labels[b] += grad1[k] for idx1[k] == b, then grad2[k] for idx2[k] == b,
+// in k order (the gradients of labels[idx1] and labels[idx2]).
+template <typename scalar_t>
+MSMIX_HOST_DEVICE void add_picked_label_grads(scalar_t* grad_labels, const scalar_t* grad1, const scalar_t* grad2,
+                                              const int64_t* idx1, const int64_t* idx2, int64_t num_mix) {
+  for (int64_t k = 0; k < num_mix; ++k) grad_labels[idx1[k]] += grad1[k];
+  for (int64_t k = 0; k < num_mix; ++k) grad_labels[idx2[k]] += grad2[k];
+}
+
 }  // namespace msmix

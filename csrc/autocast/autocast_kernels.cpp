@@ -21,19 +21,10 @@
 #include <tuple>
 #include <vector>
 
+#include "../op_handles.h"
+
 namespace msmix {
 namespace {
-
-using Sass = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-using Mixed = std::tuple<std::vector<at::Tensor>, at::Tensor>;
-using MixGrads = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor>;
-using FusedOut = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                            at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-using FusedGrads = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor>;
-
-c10::OperatorHandle find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
-}
 
 // float64 when any modality is float64 (autocast never narrows it), else float32.
 at::ScalarType sass_dtype(at::TensorList feats) {
@@ -77,30 +68,23 @@ template <c10::DeviceType device>
 at::Tensor similarity_autocast(at::TensorList feats) {
   const std::vector<at::Tensor> cast = cast_feats<device>(feats, sass_dtype(feats));
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  static const auto op = find_op("msmix::similarity").typed<at::Tensor(at::TensorList)>();
-  return op.call(cast);
+  return similarity_op().call(cast);
 }
 
 template <c10::DeviceType device>
-Sass sass_select_autocast(at::TensorList feats, int64_t num_mix, double threshold,
+SassResult sass_select_autocast(at::TensorList feats, int64_t num_mix, double threshold,
                           const at::Tensor& seed, double alpha) {
   const std::vector<at::Tensor> cast = cast_feats<device>(feats, sass_dtype(feats));
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  static const auto op = find_op("msmix::sass_select")
-                             .typed<Sass(at::TensorList, int64_t, double, const at::Tensor&, double)>();
-  return op.call(cast, num_mix, threshold, seed, alpha);
+  return sass_select_op().call(cast, num_mix, threshold, seed, alpha);
 }
 
 template <c10::DeviceType device>
-Mixed mix_autocast(at::TensorList feats, const at::Tensor& labels, const at::Tensor& idx1,
+MixResult mix_autocast(at::TensorList feats, const at::Tensor& labels, const at::Tensor& idx1,
                    const at::Tensor& idx2, const at::Tensor& lam, const at::Tensor& lam_label) {
   const std::vector<at::Tensor> cast = cast_feats<device>(feats, widest_dtype(feats));
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  static const auto op =
-      find_op("msmix::mix")
-          .typed<Mixed(at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                       const at::Tensor&, const at::Tensor&)>();
-  return op.call(cast, labels, idx1, idx2, lam, lam_label);
+  return mix_op().call(cast, labels, idx1, idx2, lam, lam_label);
 }
 
 // The backward receives what mix saved (already one dtype): it only needs
@@ -111,24 +95,16 @@ MixGrads mix_backward_autocast(at::TensorList grad_feats_out, const at::Tensor& 
                                const at::Tensor& idx2, const at::Tensor& lam,
                                const at::Tensor& lam_label, std::array<bool, 4> output_mask) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  static const auto op =
-      find_op("msmix::mix_backward")
-          .typed<MixGrads(at::TensorList, const at::Tensor&, at::TensorList, const at::Tensor&,
-                          const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                          std::array<bool, 4>)>();
-  return op.call(grad_feats_out, grad_labels_out, feats, labels, idx1, idx2, lam, lam_label,
+  return mix_backward_op().call(grad_feats_out, grad_labels_out, feats, labels, idx1, idx2, lam, lam_label,
                  output_mask);
 }
 
 template <c10::DeviceType device>
-FusedOut fused_mix_autocast(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
+FusedResult fused_mix_autocast(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
                             int64_t num_mix, double threshold, const at::Tensor& seed, double alpha) {
   const std::vector<at::Tensor> cast = cast_feats<device>(feats, widest_dtype(feats));
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  static const auto op = find_op("msmix::fused_mix")
-                             .typed<FusedOut(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t,
-                                             double, const at::Tensor&, double)>();
-  return op.call(cast, labels, intensities, num_mix, threshold, seed, alpha);
+  return fused_mix_op().call(cast, labels, intensities, num_mix, threshold, seed, alpha);
 }
 
 template <c10::DeviceType device>
@@ -140,14 +116,9 @@ FusedGrads fused_mix_backward_autocast(at::TensorList grad_feats_out, const at::
                                        const at::Tensor& idx2, const at::Tensor& lam, const at::Tensor& lam_label,
                                        std::array<bool, 3> output_mask) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  static const auto op =
-      find_op("msmix::fused_mix_backward")
-          .typed<FusedGrads(at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
-                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const at::Tensor&, std::array<bool, 3>)>();
-  return op.call(grad_feats_out, grad_labels_out, grad_lam, grad_lam_label, grad_labels1, grad_labels2, feats,
-                 labels, intensities, idx1, idx2, lam, lam_label, output_mask);
+  return fused_mix_backward_op().call(grad_feats_out, grad_labels_out, grad_lam, grad_lam_label, grad_labels1,
+                                      grad_labels2, feats, labels, intensities, idx1, idx2, lam, lam_label,
+                                      output_mask);
 }
 
 template <c10::DeviceType device>

@@ -41,58 +41,15 @@ void mix_ratios_forward_kernel(const scalar_t* intensities, const int64_t* idx1,
     lam_label[k] = static_cast<scalar_t>(lam_sum[k] / static_cast<acc_t>(num_modalities));
 }
 
-// The weights' min-max normalisation, |I| and the ratio formula differentiated
-// as autograd does (a tie for the min or max shares its gradient evenly).
 template <typename scalar_t>
 void mix_ratios_backward_kernel(const scalar_t* grad_lam, const scalar_t* grad_lam_label,
                                 const scalar_t* intensities, const int64_t* idx1, const int64_t* idx2,
                                 scalar_t* grad_intensities, int64_t num_modalities, int64_t batch,
                                 int64_t num_mix) {
-  using acc_t = at::opmath_type<scalar_t>;
-  std::vector<acc_t> magnitudes(batch), weights(batch), grad_weights(batch);
-  for (int64_t m = 0; m < num_modalities; ++m) {
-    const scalar_t* row = intensities + m * batch;
-    for (int64_t b = 0; b < batch; ++b) magnitudes[b] = std::abs(static_cast<acc_t>(row[b]));
-    const acc_t lo = *std::min_element(magnitudes.begin(), magnitudes.end());
-    const acc_t hi = *std::max_element(magnitudes.begin(), magnitudes.end());
-    const acc_t range = weight_range<scalar_t>(lo, hi);
-    for (int64_t b = 0; b < batch; ++b) {
-      weights[b] = intensity_weight<scalar_t>(magnitudes[b], lo, range);
-      grad_weights[b] = 0;
-    }
-    for (int64_t k = 0; k < num_mix; ++k) {
-      const acc_t g = static_cast<acc_t>(grad_lam[m * num_mix + k]) +
-                      static_cast<acc_t>(grad_lam_label[k]) / static_cast<acc_t>(num_modalities);
-      acc_t g_w1, g_w2;
-      modality_ratio_backward(g, weights[idx1[k]], weights[idx2[k]], &g_w1, &g_w2);
-      grad_weights[idx1[k]] += g_w1;
-      grad_weights[idx2[k]] += g_w2;
-    }
-    // w = (a - lo) / range: d/da = 1 / range; lo and hi through range and the numerator.
-    acc_t sum_grad = 0, grad_range = 0;
-    int64_t lo_count = 0, hi_count = 0;
-    for (int64_t b = 0; b < batch; ++b) {
-      sum_grad += grad_weights[b];
-      grad_range -= grad_weights[b] * (magnitudes[b] - lo) / (range * range);
-      lo_count += magnitudes[b] == lo;
-      hi_count += magnitudes[b] == hi;
-    }
-    const acc_t grad_lo = (-sum_grad / range - grad_range) / static_cast<acc_t>(lo_count);
-    const acc_t grad_hi = grad_range / static_cast<acc_t>(hi_count);
-    for (int64_t b = 0; b < batch; ++b) {
-      acc_t g = grad_weights[b] / range;
-      if (magnitudes[b] == lo) g += grad_lo;
-      if (magnitudes[b] == hi) g += grad_hi;
-      grad_intensities[m * batch + b] = static_cast<scalar_t>(g * abs_grad_sign(static_cast<acc_t>(row[b])));
-    }
-  }
-}
-
-template <typename scalar_t>
-void add_picked_label_grads_kernel(scalar_t* grad_labels, const scalar_t* grad1, const scalar_t* grad2,
-                                   const int64_t* idx1, const int64_t* idx2, int64_t num_mix) {
-  for (int64_t k = 0; k < num_mix; ++k) grad_labels[idx1[k]] += grad1[k];
-  for (int64_t k = 0; k < num_mix; ++k) grad_labels[idx2[k]] += grad2[k];
+  std::vector<at::opmath_type<scalar_t>> work(3 * batch);
+  for (int64_t m = 0; m < num_modalities; ++m)
+    intensity_grad_row<scalar_t>(intensities + m * batch, grad_lam + m * num_mix, grad_lam_label, idx1, idx2,
+                                 num_modalities, batch, num_mix, work.data(), grad_intensities + m * batch);
 }
 
 }  // namespace
@@ -137,9 +94,9 @@ void add_picked_label_grads_cpu(at::Tensor& grad_labels, const at::Tensor& grad_
   const at::Tensor g1 = grad_labels1.to(grad_labels.scalar_type()).contiguous();
   const at::Tensor g2 = grad_labels2.to(grad_labels.scalar_type()).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_labels.scalar_type(), "fused_mix_backward", [&] {
-    add_picked_label_grads_kernel<scalar_t>(grad_labels.data_ptr<scalar_t>(), g1.data_ptr<scalar_t>(),
-                                            g2.data_ptr<scalar_t>(), idx1.contiguous().data_ptr<int64_t>(),
-                                            idx2.contiguous().data_ptr<int64_t>(), idx1.size(0));
+    add_picked_label_grads<scalar_t>(grad_labels.data_ptr<scalar_t>(), g1.data_ptr<scalar_t>(),
+                                     g2.data_ptr<scalar_t>(), idx1.contiguous().data_ptr<int64_t>(),
+                                     idx2.contiguous().data_ptr<int64_t>(), idx1.size(0));
   });
 }
 

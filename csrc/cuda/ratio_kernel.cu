@@ -51,63 +51,24 @@ __global__ void mix_ratios_forward_kernel(const scalar_t* intensities, const int
   }
 }
 
-// `work` holds 3 * batch accumulators per modality: |I|, w and the gradient of w.
+// `work` holds 3 * batch accumulators per modality (intensity_grad_row's).
 template <typename scalar_t>
 __global__ void mix_ratios_backward_kernel(const scalar_t* grad_lam, const scalar_t* grad_lam_label,
                                            const scalar_t* intensities, const int64_t* idx1,
                                            const int64_t* idx2, scalar_t* grad_intensities,
                                            at::opmath_type<scalar_t>* work, int64_t num_modalities,
                                            int64_t batch, int64_t num_mix) {
-  using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t m = threadIdx.x; m < num_modalities; m += blockDim.x) {
-    const scalar_t* row = intensities + m * batch;
-    acc_t* magnitudes = work + 3 * m * batch;
-    acc_t* weights = magnitudes + batch;
-    acc_t* grad_weights = weights + batch;
-    acc_t lo = fabs(static_cast<acc_t>(row[0])), hi = lo;
-    for (int64_t b = 0; b < batch; ++b) {
-      magnitudes[b] = fabs(static_cast<acc_t>(row[b]));
-      lo = magnitudes[b] < lo ? magnitudes[b] : lo;
-      hi = magnitudes[b] > hi ? magnitudes[b] : hi;
-    }
-    const acc_t range = weight_range<scalar_t>(lo, hi);
-    for (int64_t b = 0; b < batch; ++b) {
-      weights[b] = intensity_weight<scalar_t>(magnitudes[b], lo, range);
-      grad_weights[b] = 0;
-    }
-    for (int64_t k = 0; k < num_mix; ++k) {
-      const acc_t g = static_cast<acc_t>(grad_lam[m * num_mix + k]) +
-                      static_cast<acc_t>(grad_lam_label[k]) / static_cast<acc_t>(num_modalities);
-      acc_t g_w1, g_w2;
-      modality_ratio_backward(g, weights[idx1[k]], weights[idx2[k]], &g_w1, &g_w2);
-      grad_weights[idx1[k]] += g_w1;
-      grad_weights[idx2[k]] += g_w2;
-    }
-    acc_t sum_grad = 0, grad_range = 0;
-    int64_t lo_count = 0, hi_count = 0;
-    for (int64_t b = 0; b < batch; ++b) {
-      sum_grad += grad_weights[b];
-      grad_range -= grad_weights[b] * (magnitudes[b] - lo) / (range * range);
-      lo_count += magnitudes[b] == lo;
-      hi_count += magnitudes[b] == hi;
-    }
-    const acc_t grad_lo = (-sum_grad / range - grad_range) / static_cast<acc_t>(lo_count);
-    const acc_t grad_hi = grad_range / static_cast<acc_t>(hi_count);
-    for (int64_t b = 0; b < batch; ++b) {
-      acc_t g = grad_weights[b] / range;
-      if (magnitudes[b] == lo) g += grad_lo;
-      if (magnitudes[b] == hi) g += grad_hi;
-      grad_intensities[m * batch + b] = static_cast<scalar_t>(g * abs_grad_sign(static_cast<acc_t>(row[b])));
-    }
-  }
+  for (int64_t m = threadIdx.x; m < num_modalities; m += blockDim.x)
+    intensity_grad_row<scalar_t>(intensities + m * batch, grad_lam + m * num_mix, grad_lam_label, idx1, idx2,
+                                 num_modalities, batch, num_mix, work + 3 * m * batch,
+                                 grad_intensities + m * batch);
 }
 
 // One thread for all of it: k order, as on the CPU.
 template <typename scalar_t>
 __global__ void add_picked_label_grads_kernel(scalar_t* grad_labels, const scalar_t* grad1, const scalar_t* grad2,
                                               const int64_t* idx1, const int64_t* idx2, int64_t num_mix) {
-  for (int64_t k = 0; k < num_mix; ++k) grad_labels[idx1[k]] += grad1[k];
-  for (int64_t k = 0; k < num_mix; ++k) grad_labels[idx2[k]] += grad2[k];
+  add_picked_label_grads<scalar_t>(grad_labels, grad1, grad2, idx1, idx2, num_mix);
 }
 
 }  // namespace

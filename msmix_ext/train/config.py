@@ -151,17 +151,6 @@ def lower_is_better(metric: str) -> bool:
     return metric == "MAE"
 
 
-def parse_seeds(text: str) -> Tuple[int, ...]:
-    """``"42"`` -> ``(42,)``; ``"0,4,7"`` or ``"7,"`` -> those seeds (``--num-seeds`` gives a count)."""
-    parts = [s.strip() for s in text.split(",")]
-    if parts and not parts[-1]:
-        parts.pop()  # a trailing comma
-    try:
-        return tuple(int(s) for s in parts)
-    except ValueError:
-        raise ValueError(f"--seeds must be a seed or a comma list of seeds (e.g. 42 or 0,1,2), got {text!r}") from None
-
-
 def parse_fractions(text: str) -> Tuple[float, ...]:
     """``"0.1,0.25,1.0"`` -> ``(0.1, 0.25, 1.0)`` (range checked by :meth:`TrainConfig.validate`)."""
     try:
