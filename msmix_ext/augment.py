@@ -32,7 +32,7 @@ import torch
 # Public names of msmix_ext, imported from their modules because msmix_ext.module imports this one.
 from ._types import MixOutput
 from .mixing import fused_mix, mix, sass_select, seed_tensor
-from .ratios import mix_ratios
+from .ratios import mix_ratios, stack_intensities
 
 __all__ = ["AUGMENTATIONS", "Augmentation", "REGISTRY", "augment", "get", "mixup", "msmix_no_sass", "msmix_no_sig",
            "multimix", "no_mix", "random_pairs"]
@@ -43,15 +43,6 @@ def _beta(num: int, alpha: float, device) -> torch.Tensor:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     a = torch.tensor(float(alpha), device=device)
     return torch.distributions.Beta(a, a).sample((num,))
-
-
-def _intensity_matrix(intensities, num_modalities: int, batch: int) -> torch.Tensor:
-    """``[M, B]`` from ``[M, B]`` or M tensors ``[B]`` / ``[B, 1]``, as ``fused_mix`` accepts."""
-    if not isinstance(intensities, torch.Tensor):
-        intensities = torch.stack([t.reshape(-1) for t in intensities])
-    if intensities.shape != (num_modalities, batch):
-        raise ValueError(f"intensities must be [M, B] = [{num_modalities}, {batch}], got {list(intensities.shape)}")
-    return intensities
 
 
 def random_pairs(batch: int, num_mix: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +103,7 @@ def msmix_no_sass(feats: Sequence[torch.Tensor], labels: torch.Tensor, intensiti
     """MS-Mix with uniformly random pairs instead of SASS; SIG ratios kept."""
     feats, batch = list(feats), labels.shape[0]
     num_mix = batch if num_mix is None else num_mix
-    intensities = _intensity_matrix(intensities, len(feats), batch)
+    intensities = stack_intensities(intensities, len(feats), batch)
     idx1, idx2 = random_pairs(batch, num_mix, labels.device)
     lam0 = _beta(num_mix, alpha, labels.device)
     lam, lam_label = mix_ratios(intensities, idx1, idx2, lam0)
