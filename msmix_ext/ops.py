@@ -124,9 +124,8 @@ def _mix_backward(ctx, grad_feats_out, grad_labels_out):
     *saved_feats, labels, idx1, idx2, lam, lam_label = ctx.saved_tensors
     if labels is None:
         labels = grad_labels_out.new_empty((0,))
-    grad_feats_out = [g.contiguous() for g in grad_feats_out]
     grad_feats, grad_labels, grad_lam, grad_lam_label = torch.ops.msmix.mix_backward(
-        grad_feats_out, grad_labels_out.contiguous(), saved_feats, labels, idx1, idx2, lam,
+        list(grad_feats_out), grad_labels_out, saved_feats, labels, idx1, idx2, lam,
         lam_label, ctx.output_mask,
     )
     need_feats, need_labels, need_lam, need_lam_label = ctx.output_mask

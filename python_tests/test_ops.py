@@ -219,6 +219,71 @@ def test_mix_only_requested_gradients(device):
     torch.testing.assert_close(g[0], torch.zeros_like(g[0]))
 
 
+def _gradient_layout(g: torch.Tensor, layout: str) -> torch.Tensor:
+    """g's values in another memory layout (the kernels must not care)."""
+    if layout == "contiguous":
+        return g.contiguous()
+    if layout == "expanded":  # the gradient of .sum(): one value, every stride 0
+        return g.flatten()[:1].reshape((1,) * g.dim()).expand(g.shape)
+    if layout == "row_expanded":  # one value per row (stride 0 along each row)
+        return g.reshape(g.shape[0], -1)[:, :1].reshape((g.shape[0],) + (1,) * (g.dim() - 1)).expand(g.shape)
+    if layout == "rows_of_larger":  # row stride larger than the row
+        wide = torch.zeros(g.shape[0], 2 * g[0].numel(), dtype=g.dtype, device=g.device)
+        wide[:, :g[0].numel()] = g.reshape(g.shape[0], -1)
+        return wide[:, :g[0].numel()].view(g.shape)
+    if layout == "every_other_column":  # row elements two apart
+        wide = torch.zeros(g.shape[0], 2 * g[0].numel(), dtype=g.dtype, device=g.device)
+        wide[:, ::2] = g.reshape(g.shape[0], -1)
+        return wide[:, ::2].view(g.shape)
+    if layout == "transposed":  # inner dimensions swapped: needs a copy
+        return g.transpose(-1, -2).contiguous().transpose(-1, -2) if g.dim() >= 3 else g.t().contiguous().t()
+    raise ValueError(layout)
+
+
+@pytest.mark.parametrize("layout", [
+    "expanded", "row_expanded", "rows_of_larger", "every_other_column", "transposed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_mix_backward_reads_any_gradient_layout(device, layout, dtype):
+    """A strided or expanded gradient (e.g. of ``loss = out.sum()``) is read in place where its
+    strides allow and copied otherwise; either way the result is bitwise that of the same values
+    laid out contiguously."""
+    batch, num_mix = 9, 14
+    feats = make_feats([(6,), (4, 5)], batch, dtype=dtype, device=device)
+    labels = torch.randn(batch, 1, device=device, dtype=dtype)
+    idx1, idx2, lam, lam_label = fixed_pairs(batch, num_mix, 2, device)
+    outs = [torch.randn(batch + num_mix, *f.shape[1:], device=device, dtype=dtype) for f in [*feats, labels]]
+    grads = [_gradient_layout(o, layout) for o in outs]
+    if layout == "transposed":
+        grads[0] = outs[0]  # a 2-D [N, 1]-wide transpose is contiguous anyway; keep the 3-D case
+    mask = [True, True, True, True]
+    got = torch.ops.msmix.mix_backward(grads[:2], grads[2], feats, labels, idx1, idx2, lam, lam_label, mask)
+    want = torch.ops.msmix.mix_backward([g.contiguous() for g in grads[:2]], grads[2].contiguous(), feats,
+                                        labels, idx1, idx2, lam, lam_label, mask)
+    for name, a, b in zip(["grad_feats[0]", "grad_feats[1]"], got[0], want[0]):
+        assert torch.equal(a, b), name
+    for name, a, b in zip(["grad_labels", "grad_lam", "grad_lam_label"], got[1:], want[1:]):
+        assert torch.equal(a, b), name
+
+
+def test_fused_mix_backward_of_a_sum_matches_ones(device):
+    """``out.sum().backward()`` hands fused_mix expanded gradients; they give the gradients of
+    an explicit all-ones weight, bitwise."""
+    feats = make_feats([(8,), (3, 4)], 12, device=device)
+    labels = torch.randn(12, device=device)
+    intensities = torch.rand(2, 12, device=device)
+
+    def grads(weighted: bool):
+        fs = [f.clone().requires_grad_() for f in feats]
+        inten = intensities.clone().requires_grad_()
+        out = mx.fused_mix(fs, labels, inten, seed=3)
+        tensors = [*out.feats, out.labels]
+        loss = sum((torch.ones_like(t) * t).sum() if weighted else t.sum() for t in tensors)
+        return torch.autograd.grad(loss, [*fs, inten])
+
+    for a, b in zip(grads(False), grads(True)):
+        assert torch.equal(a, b)
+
+
 def test_mix_gradcheck(device):
     feats = [f.requires_grad_() for f in make_feats([(3,), (2, 2)], 5, dtype=torch.float64, device=device)]
     labels = torch.randn(5, 1, dtype=torch.float64, device=device, requires_grad=True)

@@ -11,6 +11,7 @@
 
 #include "../checks.h"
 #include "../mix_math.h"
+#include "../rows.h"
 
 namespace msmix {
 namespace {
@@ -48,22 +49,33 @@ void mix_rows_forward(const scalar_t* src, scalar_t* out, const int64_t* idx1, c
   });
 }
 
-template <typename scalar_t, typename ratio_t>
-void mix_rows_backward(const scalar_t* grad_out, scalar_t* grad_src, const MixInverseIndex& inverse,
+// A gradient [B + K, width] read in place (rows.h strided_rows): rows of
+// row_stride elements whose columns are contiguous, or one value repeated
+// along each row (kBroadcast: column stride 0, the gradient of .sum()).
+template <typename scalar_t, bool kBroadcast>
+struct GradRows {
+  const scalar_t* data;
+  int64_t row_stride;
+  const scalar_t* row(int64_t r) const { return data + r * row_stride; }
+  static scalar_t at(const scalar_t* row, int64_t c) { return row[kBroadcast ? 0 : c]; }
+};
+
+template <typename scalar_t, typename ratio_t, typename Grad>
+void mix_rows_backward(const Grad& grad_out, scalar_t* grad_src, const MixInverseIndex& inverse,
                        const ratio_t* ratio, int64_t batch, int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, batch, row_grain(width), [&](int64_t begin, int64_t end) {
     // Whole rows at a time (contiguous, vectorisable), summed in entry order.
     std::vector<acc_t> acc(width);
     for (int64_t b = begin; b < end; ++b) {
-      const scalar_t* g = grad_out + b * width;
-      for (int64_t c = 0; c < width; ++c) acc[c] = static_cast<acc_t>(g[c]);
+      const scalar_t* g = grad_out.row(b);
+      for (int64_t c = 0; c < width; ++c) acc[c] = static_cast<acc_t>(Grad::at(g, c));
       for (int64_t e = inverse.offsets[b]; e < inverse.offsets[b + 1]; ++e) {
         const int64_t entry = inverse.entries[e];
         const int64_t k = entry_mix_index(entry);
         const acc_t weight = source_weight(static_cast<acc_t>(ratio[k]), entry_is_second(entry));
-        const scalar_t* mixed = grad_out + (batch + k) * width;
-        for (int64_t c = 0; c < width; ++c) acc[c] += weight * static_cast<acc_t>(mixed[c]);
+        const scalar_t* mixed = grad_out.row(batch + k);
+        for (int64_t c = 0; c < width; ++c) acc[c] += weight * static_cast<acc_t>(Grad::at(mixed, c));
       }
       scalar_t* out = grad_src + b * width;
       for (int64_t c = 0; c < width; ++c) out[c] = static_cast<scalar_t>(acc[c]);
@@ -72,31 +84,23 @@ void mix_rows_backward(const scalar_t* grad_out, scalar_t* grad_src, const MixIn
 }
 
 // d r_k = < grad_out[B + k], src[i_k] - src[j_k] >
-template <typename scalar_t, typename ratio_t>
-void mix_rows_ratio_grad(const scalar_t* grad_out, const scalar_t* src, const int64_t* idx1,
+template <typename scalar_t, typename ratio_t, typename Grad>
+void mix_rows_ratio_grad(const Grad& grad_out, const scalar_t* src, const int64_t* idx1,
                          const int64_t* idx2, ratio_t* grad_ratio, int64_t batch, int64_t num_mix,
                          int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, num_mix, row_grain(width), [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      const scalar_t* g = grad_out + (batch + k) * width;
+      const scalar_t* g = grad_out.row(batch + k);
       const scalar_t* x1 = src + idx1[k] * width;
       const scalar_t* x2 = src + idx2[k] * width;
       acc_t dot = 0;
 #pragma omp simd reduction(+ : dot)
       for (int64_t c = 0; c < width; ++c)
-        dot += static_cast<acc_t>(g[c]) * (static_cast<acc_t>(x1[c]) - static_cast<acc_t>(x2[c]));
+        dot += static_cast<acc_t>(Grad::at(g, c)) * (static_cast<acc_t>(x1[c]) - static_cast<acc_t>(x2[c]));
       grad_ratio[k] = static_cast<ratio_t>(dot);
     }
   });
-}
-
-int64_t row_width(const at::Tensor& t) { return t.size(0) == 0 ? 0 : t.numel() / t.size(0); }
-
-std::vector<int64_t> mixed_shape(const at::Tensor& t, int64_t num_mix) {
-  std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
-  shape[0] += num_mix;
-  return shape;
 }
 
 // Mixes one [B, ...] tensor with ratios `ratio` [K] (a row of lam, or lam_label).
@@ -104,7 +108,7 @@ at::Tensor mix_one(const at::Tensor& x, const at::Tensor& idx1, const at::Tensor
                    const at::Tensor& ratio) {
   const at::Tensor src = x.contiguous();
   const int64_t batch = x.size(0), num_mix = idx1.size(0);
-  at::Tensor out = at::empty(mixed_shape(x, num_mix), src.options());
+  at::Tensor out = at::empty(with_rows(x, batch + num_mix), src.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "mix", [&] {
     using scalar_data_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ratio.scalar_type(), "mix", [&] {
@@ -135,28 +139,30 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mix_forward_kernel(
 void mix_one_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& idx1,
                       const at::Tensor& idx2, const at::Tensor& ratio, const MixInverseIndex& inverse,
                       at::Tensor* grad_x, at::Tensor* grad_ratio) {
-  const at::Tensor g = grad_out.contiguous();
-  const int64_t num_mix = idx1.size(0), batch = g.size(0) - num_mix, width = row_width(g);
+  const at::Tensor g = strided_rows(grad_out);
+  const int64_t num_mix = idx1.size(0), batch = g.size(0) - num_mix, width = g.size(1);
+  if (grad_x != nullptr) *grad_x = at::empty(with_rows(grad_out, batch), grad_out.options());
+  if (grad_ratio != nullptr) *grad_ratio = at::empty({num_mix}, ratio.options());
+  const at::Tensor src = grad_ratio != nullptr ? x.contiguous() : at::Tensor();
+  if (grad_ratio != nullptr) check_saved_rows(src, grad_out, batch, width);
+  const bool broadcast = width > 1 && g.stride(1) == 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "mix_backward", [&] {
     using scalar_data_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ratio.scalar_type(), "mix_backward", [&] {
-      if (grad_x != nullptr) {
-        std::vector<int64_t> shape(g.sizes().begin(), g.sizes().end());
-        shape[0] = batch;
-        *grad_x = at::empty(shape, g.options());
-        mix_rows_backward<scalar_data_t, scalar_t>(g.data_ptr<scalar_data_t>(),
-                                                   grad_x->data_ptr<scalar_data_t>(), inverse,
-                                                   ratio.data_ptr<scalar_t>(), batch, width);
-      }
-      if (grad_ratio != nullptr) {
-        const at::Tensor src = x.contiguous();
-        TORCH_CHECK(src.scalar_type() == g.scalar_type() && row_width(src) == width && src.size(0) == batch,
-                    "mix_backward: a saved input does not match its gradient's shape or dtype");
-        *grad_ratio = at::empty({num_mix}, ratio.options());
-        mix_rows_ratio_grad<scalar_data_t, scalar_t>(g.data_ptr<scalar_data_t>(), src.data_ptr<scalar_data_t>(),
-                                                     idx1.data_ptr<int64_t>(), idx2.data_ptr<int64_t>(),
-                                                     grad_ratio->data_ptr<scalar_t>(), batch, num_mix, width);
-      }
+      auto run = [&](auto rows) {
+        if (grad_x != nullptr)
+          mix_rows_backward<scalar_data_t, scalar_t>(rows, grad_x->data_ptr<scalar_data_t>(), inverse,
+                                                     ratio.data_ptr<scalar_t>(), batch, width);
+        if (grad_ratio != nullptr)
+          mix_rows_ratio_grad<scalar_data_t, scalar_t>(rows, src.data_ptr<scalar_data_t>(),
+                                                       idx1.data_ptr<int64_t>(), idx2.data_ptr<int64_t>(),
+                                                       grad_ratio->data_ptr<scalar_t>(), batch, num_mix, width);
+      };
+      const scalar_data_t* data = g.data_ptr<scalar_data_t>();
+      if (broadcast)
+        run(GradRows<scalar_data_t, true>{data, g.stride(0)});
+      else
+        run(GradRows<scalar_data_t, false>{data, g.stride(0)});
     });
   });
 }

@@ -35,6 +35,7 @@
 
 #include "../checks.h"
 #include "../mix_math.h"
+#include "../rows.h"
 #include "cuda_common.cuh"
 
 namespace msmix {
@@ -312,20 +313,6 @@ __global__ void mix_ratio_backward_kernel(const RowTasks tasks, const int64_t* _
   }
 }
 
-// Elements per row of a [rows, ...] tensor (from the shape, so that a tensor
-// with zero rows still has its width).
-int64_t row_width(const at::Tensor& t) {
-  int64_t width = 1;
-  for (int64_t d = 1; d < t.dim(); ++d) width *= t.size(d);
-  return width;
-}
-
-std::vector<int64_t> with_rows(const at::Tensor& t, int64_t rows) {
-  std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
-  shape[0] = rows;
-  return shape;
-}
-
 // Pointer to row `row` of a contiguous [M, K] ratio tensor.
 const void* ratio_row(const at::Tensor& ratios, int64_t row) {
   return static_cast<const char*>(ratios.const_data_ptr()) +
@@ -489,9 +476,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> mix_back
     }
     if (grad_ratio != nullptr && num_mix > 0) {
       const at::Tensor src = x.contiguous();
-      TORCH_CHECK(src.scalar_type() == g.scalar_type() && src.dim() >= 1 && src.size(0) == batch &&
-                      row_width(src) == width,
-                  "mix_backward: a saved input does not match its gradient's shape or dtype");
+      check_saved_rows(src, g, batch, width);
       keep_alive.push_back(src);
       RowTask task{};
       task.in = g.const_data_ptr();

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../rows.h"
 #include "../sass_math.h"
 #include "cuda_common.cuh"
 
@@ -409,7 +410,7 @@ RawSimilarity raw_similarity(at::TensorList feats) {
   std::vector<at::Tensor> rows;
   int64_t total_width = 0;
   for (const at::Tensor& f : feats) {
-    rows.push_back(f.reshape({batch, -1}).contiguous());
+    rows.push_back(contiguous_rows(f));
     total_width += rows.back().size(1);
   }
   at::Tensor z = at::empty({batch, total_width}, acc_options);
