@@ -22,8 +22,31 @@ MSMIX_HOST_DEVICE int64_t fallback_candidates(int64_t num_mix, int64_t batch) {
   return 2 * num_mix < unordered ? 2 * num_mix : unordered;
 }
 
+// A Philox block has 128 bits: block n gives the keys of pairs 2n (its low 64
+// bits) and 2n + 1 (its high 64 bits), so a row of keys costs half the blocks.
+MSMIX_HOST_DEVICE uint64_t valid_pair_key_of_block(const Philox4x32& block, int64_t flat) {
+  return (flat & 1) == 0 ? (static_cast<uint64_t>(block.v[0]) | (static_cast<uint64_t>(block.v[1]) << 32))
+                         : (static_cast<uint64_t>(block.v[2]) | (static_cast<uint64_t>(block.v[3]) << 32));
+}
+
+MSMIX_HOST_DEVICE Philox4x32 valid_pair_block(uint64_t seed, int64_t flat) {
+  return philox4x32_10(seed, static_cast<uint64_t>(flat) >> 1, kStreamValidPairKey, 0);
+}
+
 MSMIX_HOST_DEVICE uint64_t valid_pair_key(uint64_t seed, int64_t flat) {
-  return random_u64(seed, static_cast<uint64_t>(flat), kStreamValidPairKey);
+  return valid_pair_key_of_block(valid_pair_block(seed, flat), flat);
+}
+
+// The keys of pairs [first, first + count), one Philox block per two keys.
+inline void fill_valid_pair_keys(uint64_t seed, int64_t first, int64_t count, uint64_t* keys) {
+  int64_t j = 0;
+  if (count > 0 && (first & 1) != 0) keys[j++] = valid_pair_key(seed, first);
+  for (; j + 1 < count; j += 2) {
+    const Philox4x32 block = valid_pair_block(seed, first + j);
+    keys[j] = valid_pair_key_of_block(block, first + j);
+    keys[j + 1] = valid_pair_key_of_block(block, first + j + 1);
+  }
+  if (j < count) keys[j] = valid_pair_key(seed, first + j);
 }
 
 MSMIX_HOST_DEVICE uint64_t fallback_pair_key(uint64_t seed, int64_t flat) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../rows.h"
 #include "../sass_math.h"
 
 namespace msmix {
@@ -94,7 +95,7 @@ at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
   std::vector<at::Tensor> rows;
   int64_t total_width = 0;
   for (const at::Tensor& f : feats) {
-    rows.push_back(f.reshape({batch, -1}).contiguous());
+    rows.push_back(contiguous_rows(f));
     total_width += rows.back().size(1);
   }
   at::Tensor z = at::empty({batch, total_width}, feats[0].options().dtype(acc_dtype));
@@ -145,7 +146,6 @@ ValidPairDraw draw_valid_pairs(const acc_t* s, int64_t batch, int64_t num_mix, a
   const int num_threads = at::get_num_threads();
   std::vector<std::vector<KeyedPair>> heaps(num_threads);
   std::vector<int64_t> counts(num_threads, 0);
-  // Rows of keys are computed apart from the filter so that the Philox loop vectorises.
   const int64_t grain = std::max<int64_t>(1, 262144 / batch);
   at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
     const int thread = at::get_thread_num();
@@ -154,7 +154,7 @@ ValidPairDraw draw_valid_pairs(const acc_t* s, int64_t batch, int64_t num_mix, a
     int64_t count = 0;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t row_start = i * batch;
-      for (int64_t j = 0; j < batch; ++j) keys[j] = valid_pair_key(seed, row_start + j);
+      fill_valid_pair_keys(seed, row_start, batch, keys.data());
       const acc_t* row = s + row_start;
       for (int64_t j = 0; j < batch; ++j) {
         if (j == i || !(row[j] > threshold)) continue;
