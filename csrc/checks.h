@@ -167,7 +167,8 @@ inline int64_t check_similarity_args(at::TensorList feats, const char* op) {
 
 // num_mix >= 1, 0 <= threshold < 1, alpha > 0, 2 <= B <= kMaxSassBatch; the seed
 // is an int64 scalar tensor (on the feature device or the CPU) so it never
-// forces a sync.
+// forces a sync. The one check of these parameters: the Python layers
+// (fused_mix, MSMix) pass them through. A bad value raises ValueError.
 inline int64_t check_sass_args(at::TensorList feats, int64_t num_mix, double threshold,
                                const at::Tensor& seed, double alpha, const char* op) {
   const int64_t batch = check_feats(feats, op);
@@ -176,10 +177,10 @@ inline int64_t check_sass_args(at::TensorList feats, int64_t num_mix, double thr
   TORCH_CHECK(batch <= kMaxSassBatch, op, ": batch size B = ", batch, " is too large; B must be <= ",
               kMaxSassBatch, " because the CUDA kernel sorts all B*B ordered pairs in one sort of at ",
               "most 2^31 - 1 elements (both devices share the limit); split the batch");
-  TORCH_CHECK(num_mix >= 1, op, ": num_mix must be >= 1, got ", num_mix);
-  TORCH_CHECK(threshold >= 0.0 && threshold < 1.0, op, ": threshold must be in [0, 1), got ",
+  TORCH_CHECK_VALUE(num_mix >= 1, op, ": num_mix must be >= 1, got ", num_mix);
+  TORCH_CHECK_VALUE(threshold >= 0.0 && threshold < 1.0, op, ": threshold must be in [0, 1), got ",
               threshold);
-  TORCH_CHECK(alpha > 0.0, op, ": alpha must be > 0, got ", alpha);
+  TORCH_CHECK_VALUE(alpha > 0.0, op, ": alpha must be > 0, got ", alpha);
   TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1, op,
               ": seed must be a one-element int64 tensor, got ", seed.scalar_type(), " ",
               seed.sizes());

@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor> mix_ratios_on_device(const at::Tensor& intens
 
 FusedResult fused_mix_forward_kernel(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
                                   int64_t num_mix, double threshold, const at::Tensor& seed, double alpha) {
-  const int64_t batch = check_feats(feats, "fused_mix");
+  const int64_t batch = check_sass_args(feats, num_mix, threshold, seed, alpha, "fused_mix");
   check_intensities(intensities, static_cast<int64_t>(feats.size()), batch, feats[0], "fused_mix");
   const c10::DeviceGuard guard(feats[0].device());
   auto [idx1, idx2, lam0] = sass_select_op().call(feats, num_mix, threshold, seed, alpha);
@@ -117,14 +117,14 @@ class FusedMixFunction : public torch::autograd::Function<FusedMixFunction> {
     const at::Tensor &labels = rest[0], &intensities = rest[1], &idx1 = rest[2], &idx2 = rest[3],
                      &lam = rest[4], &lam_label = rest[5];
     std::vector<at::Tensor> grad_feats_out;
-    for (int64_t m = 0; m < num_feats; ++m) grad_feats_out.push_back(grads[m].contiguous());
+    for (int64_t m = 0; m < num_feats; ++m) grad_feats_out.push_back(grads[m]);
     const auto g = grads.begin() + num_feats;  // labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2
     bool need_feats = false;
     for (int64_t m = 0; m < num_feats; ++m) need_feats = need_feats || ctx->needs_input_grad(m);
     const bool need_labels = ctx->needs_input_grad(num_feats);
     const bool need_intensities = ctx->needs_input_grad(num_feats + 1);
     auto [grad_feats, grad_labels, grad_intensities] =
-        fused_mix_backward_op().call(grad_feats_out, g[0].contiguous(), g[3], g[4], g[6], g[7], feats,
+        fused_mix_backward_op().call(grad_feats_out, g[0], g[3], g[4], g[6], g[7], feats,
                 labels.defined() ? labels : g[0].new_empty({0}), intensities, idx1, idx2, lam, lam_label,
                 {need_feats, need_labels, need_intensities});
     variable_list result;

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from . import ops as _ops
 from ._types import MixOutput
 from .ratios import mix_ratios
 
@@ -146,13 +147,13 @@ def global_fused_mix(feats: list[torch.Tensor], labels: torch.Tensor, intensitie
         dist.broadcast(seed, group=group, group_src=0)
     *all_feats, all_labels, all_intensities = _gather_rows([*feats, labels, intensities.T], group)
     all_intensities = all_intensities.T
-    idx1, idx2, lam0 = torch.ops.msmix.sass_select([f.detach() for f in all_feats], world * num_mix,
+    idx1, idx2, lam0 = _ops.sass_select([f.detach() for f in all_feats], world * num_mix,
                                                    float(threshold), seed, float(alpha))
     mine = slice(rank * num_mix, (rank + 1) * num_mix)
     idx1, idx2, lam0 = idx1[mine], idx2[mine], lam0[mine]
     lam, lam_label = mix_ratios(all_intensities, idx1, idx2, lam0)
     # mix writes the N clean rows of the group, then this rank's K mixed rows: keep the latter.
-    mixed_feats, mixed_labels = torch.ops.msmix.mix(all_feats, all_labels, idx1, idx2, lam, lam_label)
+    mixed_feats, mixed_labels = _ops.mix(all_feats, all_labels, idx1, idx2, lam, lam_label)
     n = world * batch
     out_feats = [torch.cat([f, m[n:]]) for f, m in zip(feats, mixed_feats)]
     return MixOutput(out_feats, torch.cat([labels, mixed_labels[n:]]), idx1, idx2, lam, lam_label,

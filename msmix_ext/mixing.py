@@ -150,8 +150,6 @@ def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor,
         raise ValueError("feats must hold at least one modality, got M = 0")
     batch = feats[0].shape[0]
     _check_labels(labels, batch)
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
     num_mix = batch if num_mix is None else num_mix
     intensities = stack_intensities(intensities, len(feats), batch)
     seed_drawn = seed is None

@@ -21,7 +21,8 @@ class MSMix(nn.Module):
     Args:
         dims: the feature width D_m of each modality (M entries).
         num_heads, max_intensity: of every :class:`IntensityPredictor`.
-        threshold, alpha, num_mix: of :func:`fused_mix` (num_mix None = B).
+        threshold, alpha, num_mix: of :func:`fused_mix` (num_mix None = B); checked where
+            fused_mix uses them, so a bad value raises ValueError at the first training call.
         sal_scale: the ``scale`` of :func:`sentiment_alignment_loss`.
         pool, group: of :func:`fused_mix`: ``"global"`` selects and mixes pairs over the batch of
             every rank of ``group`` (SAL stays a loss of the rank's own batch).
@@ -40,10 +41,6 @@ class MSMix(nn.Module):
         check_pool(pool)
         if len(dims) < 1:
             raise ValueError("dims must name at least one modality width")
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha}")
-        if not 0 <= threshold < 1:
-            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
         self.predictors = nn.ModuleList(IntensityPredictor(d, num_heads, max_intensity) for d in dims)
         self.threshold, self.alpha, self.num_mix = threshold, alpha, num_mix
         self.max_intensity, self.sal_scale = max_intensity, sal_scale

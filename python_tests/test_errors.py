@@ -57,11 +57,11 @@ def test_sass_select_refuses_a_batch_beyond_the_sort_limit(device):
     # 46341^2 > 2^31 - 1, the most one CUDA sort holds; both devices refuse it before allocating
     # anything quadratic in B (these feats take 185 KB, S' would take 8.6 GB).
     feats = [torch.zeros(46341, 1, device=device)]
-    message = (r"sass_select: batch size B = 46341 is too large; B must be <= 46340 because the CUDA kernel "
+    message = (r"{}: batch size B = 46341 is too large; B must be <= 46340 because the CUDA kernel "
                r"sorts all B\*B ordered pairs in one sort of at most 2\^31 - 1 elements")
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(RuntimeError, match=message.format("sass_select")):
         torch.ops.msmix.sass_select(feats, 4, 0.4, torch.tensor(0), 2.0)
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(RuntimeError, match=message.format("fused_mix")):
         mx.fused_mix(feats, torch.zeros(46341, device=device), torch.zeros(1, 46341, device=device), num_mix=4)
 
 
@@ -147,15 +147,25 @@ def test_integer_intensities_are_refused():
         mx.fused_mix(_feats(), torch.randn(6), torch.ones(2, 6, dtype=torch.long))
 
 
+def test_msmix_constructor_errors():
+    with pytest.raises(ValueError, match=r"^dims must name at least one modality width$"):
+        mx.MSMix(dims=[])
+
+
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(dims=[]), r"^dims must name at least one modality width$"),
-    (dict(dims=[4], alpha=0.0), r"alpha must be > 0, got 0.0"),
-    (dict(dims=[4], threshold=1.0), r"threshold must be in \[0, 1\), got 1.0"),
-    (dict(dims=[4], threshold=-0.01), r"threshold must be in \[0, 1\), got -0.01"),
+    (dict(alpha=0.0), r"^fused_mix: alpha must be > 0, got 0$"),
+    (dict(threshold=1.0), r"^fused_mix: threshold must be in \[0, 1\), got 1$"),
+    (dict(threshold=-0.01), r"^fused_mix: threshold must be in \[0, 1\), got -0.01$"),
+    (dict(num_mix=0), r"^fused_mix: num_mix must be >= 1, got 0$"),
 ])
-def test_msmix_constructor_errors(kwargs, message):
+def test_msmix_parameters_are_checked_once_by_the_operator(kwargs, message):
+    # alpha, threshold and num_mix are checked by the operator alone (csrc/checks.h); MSMix
+    # passes them through, so its error is the operator's, as a ValueError.
+    module = mx.MSMix([4, 3], **kwargs).train()
     with pytest.raises(ValueError, match=message):
-        mx.MSMix(**kwargs)
+        module(_feats(), torch.randn(6))
+    with pytest.raises(ValueError, match=message):
+        mx.fused_mix(_feats(), torch.randn(6), torch.rand(2, 6), **kwargs)
 
 
 def test_msmix_accepts_threshold_zero():

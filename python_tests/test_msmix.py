@@ -350,7 +350,7 @@ def test_training_step_compiles_without_graph_breaks_and_matches_eager():
     (lambda f, y, i: mx.MSMix([4, 3])(f, y, masks=[None, torch.ones(6, 3, dtype=torch.bool)]), r"mask must be \[B, T\] = \[6, 2\]"),
     (lambda f, y, i: mx.MSMix([4, 3])(f, y, masks=[None, torch.tensor([[1, 0]] * 5 + [[0, 0]], dtype=torch.bool)]),
      r"pads out every token of samples \[5\]"),
-    (lambda f, y, i: mx.MSMix([4, 3], alpha=-1.0), r"alpha must be > 0"),
+    (lambda f, y, i: mx.MSMix([4, 3], alpha=-1.0)(f, y), r"alpha must be > 0"),
 ])
 def test_clear_errors(call, message):
     feats = [torch.randn(6, 4), torch.randn(6, 2, 3)]
