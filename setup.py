@@ -13,6 +13,7 @@ download a second, multi-GB torch just to compile against.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -20,8 +21,12 @@ import sys
 
 from setuptools import find_packages, setup
 
-VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# Sources and flags: csrc/build.json (CMakeLists.txt reads it too). Version: msmix_ext/__init__.py.
+with open(os.path.join(ROOT, "csrc", "build.json")) as _f:
+    BUILD = json.load(_f)
+with open(os.path.join(ROOT, "msmix_ext", "__init__.py")) as _f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"$', _f.read(), re.M).group(1)
 
 
 def _flag(name: str) -> bool:
@@ -84,13 +89,13 @@ def _want_cuda() -> bool:
 
 def _extension():
     with_cuda = _want_cuda()
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autocast/*.cpp"))
-    opt = ["-O0", "-g"] if _flag("MSMIX_DEBUG") else ["-O3"]
+    sources = sorted(p for pattern in BUILD["cpu_sources"] for p in glob.glob(pattern))
+    opt = BUILD["debug"] if _flag("MSMIX_DEBUG") else BUILD["optimise"]
     define_macros = [("MSMIX_VERSION", f'"{VERSION}"')]
     # -fopenmp: at::parallel_for is header code that runs serially unless _OPENMP is defined;
     # the symbols resolve to the libgomp torch already loaded. It also enables `omp simd`.
-    extra_compile_args = {"cxx": opt + ["-fopenmp", "-Wall"]}
-    extra_link_args = ["-fopenmp"]
+    extra_compile_args = {"cxx": opt + BUILD["cxx_flags"]}
+    extra_link_args = BUILD["link_flags"]
     if not with_cuda:
         return cpp_extension.CppExtension(
             "msmix_ext._C", sources, define_macros=define_macros, extra_compile_args=extra_compile_args,
@@ -99,9 +104,9 @@ def _extension():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     print(f"setup.py: building CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} "
           f"with {cpp_extension.CUDA_HOME}", file=sys.stderr)
-    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    sources += sorted(p for pattern in BUILD["cuda_sources"] for p in glob.glob(pattern))
     define_macros.append(("MSMIX_WITH_CUDA", None))
-    extra_compile_args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+    extra_compile_args["nvcc"] = opt + BUILD["nvcc_flags"]
     return cpp_extension.CUDAExtension(
         "msmix_ext._C", sources, define_macros=define_macros, extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,
