@@ -175,7 +175,7 @@ def test_cli_mmsa_backbones_on_an_mmsa_pickle_with_paired_output(tmp_path):
     out = tmp_path / "run"
     assert main(["--data", str(data), "--backbones", "tfn,lmf,mult", "--augmentations", "none,msmix", "--epochs", "1",
                  "--seeds", "0,1", "--train-fraction", "0.5", "--batch-size", "8", "--out", str(out), "--quiet",
-                 "--no-plot"]) == 0
+                 "--no-plot", "--jobs", "1"]) == 0
     text = (out / "results.txt").read_text()
     for name in ("tfn", "lmf", "mult"):
         assert name in text

@@ -17,7 +17,8 @@ pytestmark = requires_extension
 
 # A synthetic set small enough for a one-epoch run in well under a second per run.
 TINY = {"split_sizes": [40, 16, 16], "speakers_per_split": [4, 2, 2], "seq_lens": [6, 12, 16], "text_dim": 16}
-TINY_ARGS = ["--synthetic-config", json.dumps(TINY), "--epochs", "1", "--batch-size", "16", "--quiet"]
+# --jobs 1: the tests train in this process (tests/test_train.py::test_jobs_* cover the workers).
+TINY_ARGS = ["--synthetic-config", json.dumps(TINY), "--epochs", "1", "--batch-size", "16", "--quiet", "--jobs", "1"]
 MOSI_METRICS = {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE",
                 "Corr"}
 
@@ -59,7 +60,8 @@ def test_mmsa_pickle_one_epoch(tmp_path, capsys):
     data = write_mmsa_pickle(tmp_path / "tiny.pkl")
     out = tmp_path / "run"
     rc = main(["--data", str(data), "--backbones", "late_fusion,cross_modal", "--augmentations", "none,msmix",
-               "--num-seeds", "2", "--epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet"])
+               "--num-seeds", "2", "--epochs", "1", "--batch-size", "8", "--out", str(out), "--quiet",
+               "--jobs", "1"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "late_fusion" in printed and "cross_modal" in printed and "msmix" in printed and "MAE" in printed
@@ -88,7 +90,7 @@ def test_mmsa_pickle_one_epoch(tmp_path, capsys):
 def test_save_then_eval_only_reproduces_test_metrics(tmp_path, capsys):
     data = write_mmsa_pickle(tmp_path / "tiny.pkl", seed=1)
     out = tmp_path / "run"
-    assert main(["--data", str(data), "--augmentations", "msmix,manifold", "--seeds", "3,", "--epochs", "2",
+    assert main(["--data", str(data), "--augmentations", "msmix,manifold", "--seeds", "3,", "--epochs", "2", "--jobs", "1",
                  "--batch-size", "8", "--eval-batch-size", "5", "--out", str(out), "--save", "--quiet",
                  "--no-plot"]) == 0
     res = json.loads((out / "results.json").read_text())
@@ -164,3 +166,44 @@ def test_sims_kind_uses_sims_metrics(tmp_path):
     assert msmix.max_intensity == 1.0
     res = runner.run(cfg)
     assert set(res["runs"][0]["test_metrics"]) == {"Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr"}
+
+
+def test_jobs_give_the_records_of_a_serial_call(tmp_path):
+    # Runs seed themselves, so two spawned workers (one torch thread each) must reproduce the
+    # serial call's records exactly, in job order, whatever finishes first.
+    kw = dict(synthetic=TINY, augmentations=("none", "msmix"), seeds=(0,), train_fractions=(0.5, 1.0), epochs=2,
+              batch_size=16, threads=1, quiet=True, plot=False)
+    serial = runner.run(runner.TrainConfig(out=str(tmp_path / "serial"), jobs=1, **kw))
+    parallel = runner.run(runner.TrainConfig(out=str(tmp_path / "parallel"), jobs=2, **kw))
+    assert serial["workers"] == 1 and parallel["workers"] == 2
+    keys = ("train_fraction", "backbone", "augmentation", "seed", "test_metrics", "valid_metrics", "curves",
+            "best_epoch", "train_samples")
+    assert len(serial["runs"]) == 8
+    for a, b in zip(serial["runs"], parallel["runs"]):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    assert serial["table"] == parallel["table"]
+
+
+def test_resolve_jobs(monkeypatch):
+    from msmix_ext.train import parallel
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 8)
+    cfg = runner.TrainConfig(jobs=0, threads=2)
+    assert parallel.resolve_jobs(cfg, 100) == 4  # 8 cores / 2 threads
+    assert parallel.resolve_jobs(cfg, 3) == 3  # never more workers than runs
+    assert parallel.resolve_jobs(runner.TrainConfig(jobs=0, threads=0), 100) == 8
+    assert parallel.resolve_jobs(runner.TrainConfig(jobs=5), 100) == 5
+    assert parallel.resolve_jobs(runner.TrainConfig(jobs=5), 1) == 1
+    assert parallel.resolve_jobs(runner.TrainConfig(jobs=5, device="cuda"), 100) == 1
+
+
+def test_min_steps_gives_a_small_fraction_more_epochs(tmp_path):
+    # 40 training samples in batches of 16: 3 steps per epoch on all of them, 2 on half.
+    # At least 6 steps: 2 epochs on all, 3 on half; --epochs stays the floor.
+    cfg = runner.TrainConfig(synthetic=TINY, backbones=("late_fusion",), augmentations=("none",), seeds=(0,),
+                             train_fractions=(0.5, 1.0), epochs=1, min_steps=6, batch_size=16, jobs=1, quiet=True,
+                             plot=False, out=str(tmp_path))
+    runs = {r["train_fraction"]: r for r in runner.run(cfg)["runs"]}
+    assert {f: (r["steps_per_epoch"], r["epochs"], len(r["curves"]["valid"])) for f, r in runs.items()} == {
+        0.5: (2, 3, 3), 1.0: (3, 2, 2)}
+    with pytest.raises(ValueError, match=r"min_steps must be >= 0, got -1"):
+        runner.TrainConfig(min_steps=-1).validate()

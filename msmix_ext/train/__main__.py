@@ -71,12 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "of a seed")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
+    t.add_argument("--min-steps", type=int, default=_DEFAULTS.min_steps, metavar="N",
+                   help="train at least N optimizer steps per run: a small --train-fraction then runs more "
+                        "epochs, so every fraction gets the same step budget (default 0: --epochs only)")
     t.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
     t.add_argument("--eval-batch-size", type=int, default=_DEFAULTS.eval_batch_size)
     t.add_argument("--lr", type=float, default=_DEFAULTS.lr)
     t.add_argument("--device", default=_DEFAULTS.device, help="cpu or cuda")
     t.add_argument("--compile", action="store_true", help="torch.compile the model's feature and head steps "
                                                           "(training only; evaluation stays eager)")
+    t.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help="worker processes training runs side by side (default 0: one per core's worth of "
+                        "--threads; 1 = serial); every run's result is the same either way")
     t.add_argument("--threads", type=int, default=_DEFAULTS.threads,
                    help="torch.set_num_threads for the run (0: leave torch's default). 1 is the default "
                         "because the small per-batch ops gain little from more and lose a lot on a busy machine")
@@ -125,12 +131,14 @@ def config_from_args(args: argparse.Namespace) -> runner.TrainConfig:
         seeds=_seeds(args),
         train_fractions=runner.parse_fractions(args.train_fraction),
         epochs=args.epochs,
+        min_steps=args.min_steps,
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
         lr=args.lr,
         device=args.device,
         compile=args.compile,
         threads=args.threads,
+        jobs=args.jobs,
         mix_weight=args.mix_weight,
         sal_weight=args.sal_weight,
         sal_scale=args.sal_scale,

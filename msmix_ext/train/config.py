@@ -27,6 +27,10 @@ class TrainConfig:
     ``synthetic`` overrides :class:`~msmix_ext.train.data.SyntheticConfig` fields (e.g.
     ``{"split_sizes": [60, 20, 20]}``) when ``data == "synthetic"``.  ``threads`` > 0 sets
     ``torch.set_num_threads`` for the call (restored afterwards); 0 keeps torch's setting.
+    ``jobs``: worker processes that train runs side by side (:mod:`~msmix_ext.train.parallel`;
+    0 = one per usable core's worth of ``threads``; the CLI's default); the records do not
+    depend on it.  ``min_steps``: a run trains at least this many optimizer steps (more epochs
+    than ``epochs`` for a small train fraction).
     ``backbone_options`` maps a backbone name to keyword arguments of its constructor (e.g.
     ``{"mult": {"reduced": false}}``, see :mod:`msmix_ext.models.mmsa`).
     ``train_fractions``: each run trains on a stratified subset of this fraction of the
@@ -47,12 +51,14 @@ class TrainConfig:
     seeds: Tuple[int, ...] = (0, 1, 2)
     train_fractions: Tuple[float, ...] = (1.0,)
     epochs: int = 15
+    min_steps: int = 0
     batch_size: int = 32
     eval_batch_size: int = 256
     lr: float = 1e-3
     device: str = "cpu"
     compile: bool = False
     threads: int = 1
+    jobs: int = 1
     mix_weight: float = 0.7
     sal_weight: float = 0.5
     sal_scale: float = 1000.0
@@ -98,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"train fractions repeat: {list(self.train_fractions)}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (mixing pairs samples), got {self.batch_size}")
         if self.eval_batch_size < 1:
@@ -112,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"pool must be 'local' or 'global', got {self.pool!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.jobs < 0:
+            raise ValueError(f"jobs must be >= 0, got {self.jobs}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():

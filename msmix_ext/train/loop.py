@@ -115,6 +115,12 @@ def _better(value: float, best: Optional[float], lower: bool) -> bool:
     return best is None or (value < best if lower else value > best)
 
 
+def run_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """``cfg.epochs``, or more when those give fewer than ``cfg.min_steps`` optimizer steps:
+    a small train fraction then gets the step budget of a larger one."""
+    return max(cfg.epochs, math.ceil(cfg.min_steps / max(steps_per_epoch, 1)))
+
+
 def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: str, augmentation: str,
               seed: int, checkpoint: Optional[Path] = None, position: int = 1, train_fraction: float = 1.0
               ) -> Dict[str, Any]:
@@ -141,11 +147,12 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
     epoch_s: List[float] = []
     best, best_epoch, best_state = None, None, None
     n_batches = math.ceil(train_distributed.samples_per_rank(len(train)) / cfg.batch_size)
+    num_epochs = run_epochs(cfg, n_batches)
     skipped = 0
     model.train()
     if msmix is not None:
         msmix.train()
-    epochs = tqdm(range(1, cfg.epochs + 1), desc=name, unit="ep", leave=False, position=position,
+    epochs = tqdm(range(1, num_epochs + 1), desc=name, unit="ep", leave=False, position=position,
                   disable=not bars, dynamic_ncols=True)
     for epoch in epochs:
         t0 = time.perf_counter()
@@ -183,12 +190,12 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
                            refresh=False)
         # Without bars (stderr is a log file or CI), this line is the progress report.
         log.log(logging.DEBUG if bars else logging.INFO,
-                "%s epoch %d/%d: train loss %.4f, valid %s %.4f (%.1f s train)", name, epoch, cfg.epochs,
+                "%s epoch %d/%d: train loss %.4f, valid %s %.4f (%.1f s train)", name, epoch, num_epochs,
                 curves["train_loss"][-1], cfg.main_metric, score, train_s)
     epochs.close()
     if best_state is None:  # every validation score was NaN: report the last state
         log.warning("%s: no finite validation %s; using the last epoch", name, cfg.main_metric)
-        best_epoch, best_state = cfg.epochs, (_state(model), _state(msmix))
+        best_epoch, best_state = num_epochs, (_state(model), _state(msmix))
     model.load_state_dict(best_state[0])
     if msmix is not None:
         msmix.load_state_dict(best_state[1])
@@ -209,6 +216,7 @@ def train_one(cfg: TrainConfig, splits: Dict[str, MultimodalDataset], backbone: 
         "num_sig_params": 0 if msmix is None else sum(p.numel() for p in msmix.parameters()),
         "skipped_batches": skipped,
         "steps_per_epoch": n_batches,
+        "epochs": num_epochs,
         "timing": {"epoch_s": epoch_s, "train_total_s": sum(epoch_s), "test_s": test_s,
                    "total_s": time.perf_counter() - t_start},
         "checkpoint": None,

@@ -39,7 +39,8 @@ from msmix_ext.train.checkpoints import CHECKPOINT_FORMAT, CheckpointError, eval
 from msmix_ext.train.config import ALL_BACKBONES, BACKBONES, SENTIMENT_RANGE, TrainConfig, parse_fractions, parse_seeds
 from msmix_ext.train.data import MultimodalDataset
 from msmix_ext.train.evaluation import evaluate, predict
-from msmix_ext.train.inputs import load_data, train_subset
+from msmix_ext.train.inputs import load_data
+from msmix_ext.train.parallel import Job, resolve_jobs, run_jobs
 from msmix_ext.train.loop import build_run, train_one, train_step
 from msmix_ext.train.progress import log, setup_logging, show_bars
 from msmix_ext.train.report import format_paired, format_table, paired, plot_results, summarize
@@ -104,6 +105,12 @@ def run(cfg: TrainConfig) -> Dict[str, Any]:
         file_handler.close()
 
 
+def _job(cfg: TrainConfig, out: Optional[Path], fraction: float, backbone: str, aug: str, seed: int) -> Job:
+    suffix = "" if fraction == 1.0 else f"-fraction{fraction:g}"
+    ckpt = out / "checkpoints" / f"{backbone}-{aug}-seed{seed}{suffix}.pt" if cfg.save and out else None
+    return fraction, backbone, aug, seed, ckpt
+
+
 def _run(cfg: TrainConfig, out: Optional[Path], splits: Dict[str, MultimodalDataset], data_s: float
          ) -> Dict[str, Any]:
     t0 = time.perf_counter()
@@ -131,14 +138,19 @@ def _run(cfg: TrainConfig, out: Optional[Path], splits: Dict[str, MultimodalData
         "summary": {},
         "paired": {},
     }
-    bar = tqdm(jobs, desc="runs", unit="run", position=0, disable=not show_bars(cfg.quiet), dynamic_ncols=True)
-    for fraction, backbone, aug, seed in bar:
-        bar.set_postfix_str(f"{backbone}/{aug}/seed {seed}/fraction {fraction:g}", refresh=True)
-        suffix = "" if fraction == 1.0 else f"-fraction{fraction:g}"
-        ckpt = out / "checkpoints" / f"{backbone}-{aug}-seed{seed}{suffix}.pt" if cfg.save and out else None
-        run_splits = dict(splits, train=train_subset(train, fraction, seed))
-        record = train_one(cfg, run_splits, backbone, aug, seed, ckpt, train_fraction=fraction)
-        results["runs"].append(record)
+    workers = resolve_jobs(cfg, len(jobs))
+    results["workers"] = workers
+    if workers > 1:
+        log.info("%d runs in %d worker processes of %d torch thread(s) each", len(jobs), workers, cfg.threads)
+    bar = tqdm(total=len(jobs), desc="runs", unit="run", position=0, disable=not show_bars(cfg.quiet),
+               dynamic_ncols=True)
+    records: Dict[int, Dict[str, Any]] = {}
+    for index, record in run_jobs(cfg, splits, [_job(cfg, out, *job) for job in jobs], workers):
+        fraction, backbone, aug, seed = jobs[index]
+        bar.update(1)
+        bar.set_postfix_str(f"done: {backbone}/{aug}/seed {seed}/fraction {fraction:g}", refresh=True)
+        records[index] = record
+        results["runs"] = [records[i] for i in sorted(records)]  # job order, whatever finished first
         m = record["test_metrics"]
         log.info("%s/%s/seed %d/fraction %g (%d samples): best epoch %d, valid %s %.4f, test %s %.4f, %.1f s",
                  backbone, aug, seed, fraction, record["train_samples"], record["best_epoch"], cfg.main_metric,
