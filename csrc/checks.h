@@ -135,19 +135,20 @@ inline void check_intensities(const at::Tensor& intensities, int64_t num_modalit
 }
 
 // What fused_mix_backward reads besides mix_backward's arguments (checked there).
+// The optional gradients are undefined tensors when absent (zero).
 inline void check_fused_backward_args(const at::Tensor& grad_lam, const at::Tensor& grad_lam_label,
                                       const at::Tensor& grad_labels1, const at::Tensor& grad_labels2,
                                       const at::Tensor& intensities, const at::Tensor& lam,
                                       bool need_intensities) {
   constexpr const char* op = "fused_mix_backward";
-  TORCH_CHECK(grad_lam.sizes() == lam.sizes(), op, ": grad_lam must be shaped like lam ", lam.sizes(),
-              ", got ", grad_lam.sizes());
-  TORCH_CHECK(grad_lam_label.dim() == 1 && grad_lam_label.size(0) == lam.size(1), op,
-              ": grad_lam_label must be [K] = [", lam.size(1), "], got ", grad_lam_label.sizes());
-  TORCH_CHECK(grad_labels1.dim() >= 1 && grad_labels1.size(0) == lam.size(1) &&
-                  grad_labels2.sizes() == grad_labels1.sizes(),
-              op, ": grad_labels1 and grad_labels2 must be [K, ...] with K = ", lam.size(1), ", got ",
-              grad_labels1.sizes(), " and ", grad_labels2.sizes());
+  const int64_t num_mix = lam.size(1);
+  TORCH_CHECK(!grad_lam.defined() || grad_lam.sizes() == lam.sizes(), op, ": grad_lam must be shaped like lam ",
+              lam.sizes(), ", got ", grad_lam.sizes());
+  TORCH_CHECK(!grad_lam_label.defined() || (grad_lam_label.dim() == 1 && grad_lam_label.size(0) == num_mix), op,
+              ": grad_lam_label must be [K] = [", num_mix, "], got ", grad_lam_label.sizes());
+  for (const at::Tensor* g : {&grad_labels1, &grad_labels2})
+    TORCH_CHECK(!g->defined() || (g->dim() >= 1 && g->size(0) == num_mix), op,
+                ": grad_labels1 and grad_labels2 must be [K, ...] with K = ", num_mix, ", got ", g->sizes());
   TORCH_CHECK(!need_intensities || (intensities.dim() == 2 && intensities.size(0) == lam.size(0)), op,
               ": intensities must be [M, B] with M = ", lam.size(0), ", got ", intensities.sizes());
 }

@@ -42,12 +42,17 @@ FusedResult fused_mix_forward_kernel(at::TensorList feats, const at::Tensor& lab
 }
 
 FusedGrads fused_mix_backward_kernel(at::TensorList grad_feats_out, const at::Tensor& grad_labels_out,
-                                     const at::Tensor& grad_lam, const at::Tensor& grad_lam_label,
-                                     const at::Tensor& grad_labels1, const at::Tensor& grad_labels2,
+                                     const OptionalTensor& grad_lam_opt, const OptionalTensor& grad_lam_label_opt,
+                                     const OptionalTensor& grad_labels1_opt, const OptionalTensor& grad_labels2_opt,
                                      at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
                                      const at::Tensor& idx1, const at::Tensor& idx2, const at::Tensor& lam,
                                      const at::Tensor& lam_label, std::array<bool, 3> output_mask) {
   const auto [need_feats, need_labels, need_intensities] = output_mask;
+  // Absent (undefined) gradients are zero.
+  const at::Tensor grad_lam = grad_lam_opt.value_or(at::Tensor()),
+                   grad_lam_label = grad_lam_label_opt.value_or(at::Tensor()),
+                   grad_labels1 = grad_labels1_opt.value_or(at::Tensor()),
+                   grad_labels2 = grad_labels2_opt.value_or(at::Tensor());
   check_fused_backward_args(grad_lam, grad_lam_label, grad_labels1, grad_labels2, intensities, lam,
                             need_intensities);
   const c10::DeviceGuard guard(grad_labels_out.device());
@@ -56,20 +61,23 @@ FusedGrads fused_mix_backward_kernel(at::TensorList grad_feats_out, const at::Te
       grad_feats_out, grad_labels_out, need_intensities ? feats : at::TensorList(),
       need_intensities ? labels : grad_labels_out.new_empty({0}), idx1, idx2, lam, lam_label,
       {need_feats, need_labels, need_intensities, need_intensities});
-  at::Tensor grad_intensities = grad_lam.new_empty({0});
+  at::Tensor grad_intensities = lam.new_empty({0});
   const bool on_cuda = grad_labels_out.is_cuda();
 #ifndef MSMIX_WITH_CUDA
   TORCH_CHECK(!on_cuda, "fused_mix_backward: msmix_ext was built without its CUDA kernels");
 #endif
-  if (need_labels) {
+  if (need_labels && (grad_labels1.defined() || grad_labels2.defined())) {
+    const at::Tensor& some = grad_labels1.defined() ? grad_labels1 : grad_labels2;
+    const at::Tensor g1 = grad_labels1.defined() ? grad_labels1 : at::zeros_like(some);
+    const at::Tensor g2 = grad_labels2.defined() ? grad_labels2 : at::zeros_like(some);
 #ifdef MSMIX_WITH_CUDA
-    if (on_cuda) add_picked_label_grads_cuda(grad_labels, grad_labels1, grad_labels2, idx1, idx2);
+    if (on_cuda) add_picked_label_grads_cuda(grad_labels, g1, g2, idx1, idx2);
 #endif
-    if (!on_cuda) add_picked_label_grads_cpu(grad_labels, grad_labels1, grad_labels2, idx1, idx2);
+    if (!on_cuda) add_picked_label_grads_cpu(grad_labels, g1, g2, idx1, idx2);
   }
   if (need_intensities) {
-    grad_lam_total.add_(grad_lam);
-    grad_lam_label_total.add_(grad_lam_label);
+    if (grad_lam.defined()) grad_lam_total.add_(grad_lam);
+    if (grad_lam_label.defined()) grad_lam_label_total.add_(grad_lam_label);
 #ifdef MSMIX_WITH_CUDA
     if (on_cuda)
       grad_intensities = mix_ratios_backward_cuda(grad_lam_total, grad_lam_label_total, intensities, idx1, idx2);
@@ -78,6 +86,19 @@ FusedGrads fused_mix_backward_kernel(at::TensorList grad_feats_out, const at::Te
       grad_intensities = mix_ratios_backward_cpu(grad_lam_total, grad_lam_label_total, intensities, idx1, idx2);
   }
   return {std::move(grad_feats), grad_labels, grad_intensities};
+}
+
+std::vector<const at::Tensor*> combined_tensors(const std::vector<at::Tensor>& feats_out, const at::Tensor& labels_out) {
+  std::vector<const at::Tensor*> tensors;
+  for (const at::Tensor& t : feats_out) tensors.push_back(&t);
+  tensors.push_back(&labels_out);
+  return tensors;
+}
+
+// A zero gradient of an output that the loss did not read: one zero, expanded
+// (the CPU mix backward reads it in place).
+at::Tensor zero_gradient(c10::IntArrayRef shape, const at::TensorOptions& options) {
+  return at::zeros({}, options).expand(shape);
 }
 
 using torch::autograd::AutogradContext;
@@ -102,6 +123,16 @@ class FusedMixFunction : public torch::autograd::Function<FusedMixFunction> {
     ctx->save_for_backward(saved);
     ctx->saved_data["num_feats"] = num_feats;
     ctx->saved_data["saved_feats"] = need_intensities;
+    // Undefined output gradients stay undefined (no zero tensors for lam, labels1, ...);
+    // the shapes and dtypes let backward build the rare zero one of a combined tensor.
+    ctx->set_materialize_grads(false);
+    std::vector<int64_t> layouts;  // per combined tensor: dtype, dim, sizes
+    for (const at::Tensor* t : combined_tensors(feats_out, labels_out)) {
+      layouts.push_back(static_cast<int64_t>(t->scalar_type()));
+      layouts.push_back(t->dim());
+      layouts.insert(layouts.end(), t->sizes().begin(), t->sizes().end());
+    }
+    ctx->saved_data["combined_layouts"] = layouts;
     ctx->mark_non_differentiable({idx1, idx2, lam0});
     variable_list out(feats_out.begin(), feats_out.end());
     out.insert(out.end(), {labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2});
@@ -116,16 +147,28 @@ class FusedMixFunction : public torch::autograd::Function<FusedMixFunction> {
     const auto rest = saved.begin() + (saved_feats ? num_feats : 0);
     const at::Tensor &labels = rest[0], &intensities = rest[1], &idx1 = rest[2], &idx2 = rest[3],
                      &lam = rest[4], &lam_label = rest[5];
-    std::vector<at::Tensor> grad_feats_out;
-    for (int64_t m = 0; m < num_feats; ++m) grad_feats_out.push_back(grads[m]);
+    // The gradients of the combined tensors, a zero one where the loss did not read it.
+    const std::vector<int64_t> layouts = ctx->saved_data["combined_layouts"].toIntVector();
+    std::vector<at::Tensor> grad_combined;
+    for (size_t i = 0, pos = 0; i <= static_cast<size_t>(num_feats); ++i) {
+      const auto dtype = static_cast<at::ScalarType>(layouts[pos]);
+      const c10::IntArrayRef shape(layouts.data() + pos + 2, static_cast<size_t>(layouts[pos + 1]));
+      pos += 2 + shape.size();
+      grad_combined.push_back(grads[i].defined() ? grads[i] : zero_gradient(shape, idx1.options().dtype(dtype)));
+    }
+    const at::Tensor grad_labels_out = grad_combined.back();
+    grad_combined.pop_back();
+    const std::vector<at::Tensor>& grad_feats_out = grad_combined;
     const auto g = grads.begin() + num_feats;  // labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2
+    auto optional = [](const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : OptionalTensor(); };
     bool need_feats = false;
     for (int64_t m = 0; m < num_feats; ++m) need_feats = need_feats || ctx->needs_input_grad(m);
     const bool need_labels = ctx->needs_input_grad(num_feats);
     const bool need_intensities = ctx->needs_input_grad(num_feats + 1);
     auto [grad_feats, grad_labels, grad_intensities] =
-        fused_mix_backward_op().call(grad_feats_out, g[0], g[3], g[4], g[6], g[7], feats,
-                labels.defined() ? labels : g[0].new_empty({0}), intensities, idx1, idx2, lam, lam_label,
+        fused_mix_backward_op().call(grad_feats_out, grad_labels_out, optional(g[3]), optional(g[4]),
+                                     optional(g[6]), optional(g[7]), feats,
+                labels.defined() ? labels : grad_labels_out.new_empty({0}), intensities, idx1, idx2, lam, lam_label,
                 {need_feats, need_labels, need_intensities});
     variable_list result;
     for (int64_t m = 0; m < num_feats; ++m)

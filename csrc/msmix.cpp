@@ -32,10 +32,12 @@ TORCH_LIBRARY(msmix, m) {
       "Tensor idx2, Tensor lam, Tensor lam_label, Tensor lam0, Tensor labels1, Tensor labels2)");
   // Gradients of fused_mix for feats, labels and intensities, one per
   // output_mask entry (an unrequested one comes back as [] or a [0] tensor).
-  // feats and labels are read only for the intensities' gradient.
+  // feats and labels are read only for the intensities' gradient. The
+  // gradients of lam, lam_label, labels1 and labels2 are optional: None is
+  // zero (the usual case: a loss reads the combined rows, not the ratios).
   m.def(
-      "fused_mix_backward(Tensor[] grad_feats_out, Tensor grad_labels_out, Tensor grad_lam, "
-      "Tensor grad_lam_label, Tensor grad_labels1, Tensor grad_labels2, Tensor[] feats, "
+      "fused_mix_backward(Tensor[] grad_feats_out, Tensor grad_labels_out, Tensor? grad_lam, "
+      "Tensor? grad_lam_label, Tensor? grad_labels1, Tensor? grad_labels2, Tensor[] feats, "
       "Tensor labels, Tensor intensities, Tensor idx1, Tensor idx2, Tensor lam, Tensor lam_label, "
       "bool[3] output_mask) -> (Tensor[] grad_feats, Tensor grad_labels, Tensor grad_intensities)");
 }

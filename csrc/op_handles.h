@@ -8,6 +8,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <array>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -29,8 +30,10 @@ using MixBackwardSignature = MixGrads(at::TensorList, const at::Tensor&, at::Ten
                                       std::array<bool, 4>);
 using FusedSignature = FusedResult(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, double,
                                    const at::Tensor&, double);
-using FusedBackwardSignature = FusedGrads(at::TensorList, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                          const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&,
+using OptionalTensor = std::optional<at::Tensor>;
+using FusedBackwardSignature = FusedGrads(at::TensorList, const at::Tensor&, const OptionalTensor&,
+                                          const OptionalTensor&, const OptionalTensor&, const OptionalTensor&,
+                                          at::TensorList, const at::Tensor&,
                                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                           const at::Tensor&, std::array<bool, 3>);
 

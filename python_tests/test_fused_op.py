@@ -100,6 +100,48 @@ def test_gradients_equal_building_blocks(device, dtype, label_shape):
         torch.testing.assert_close(a, b, rtol=0, atol=8 * eps * b.abs().max().item())
 
 
+PARTIAL_LOSSES = {
+    "feats0": lambda out: (out.feats[0] ** 2).sum(),
+    "labels1": lambda out: (out.labels1 * 2).sum(),
+    "lam": lambda out: (out.lam ** 2).sum() + out.feats[1].sum(),
+    "labels_and_lam_label": lambda out: (out.labels ** 2).sum() + out.lam_label.sum(),
+}
+
+
+@pytest.mark.parametrize("loss", PARTIAL_LOSSES.values(), ids=PARTIAL_LOSSES.keys())
+def test_gradients_of_a_loss_that_reads_some_outputs(device, loss):
+    """The outputs a loss does not read get no gradient tensor at all (undefined, not zeros);
+    the gradients must still be those of the composed call."""
+    feats, labels, intensities = inputs(SHAPES["mixed"], 10, torch.float64, device, requires_grad=True)
+    seed = torch.tensor(4)
+    leaves = [*feats, labels, intensities]
+    got = torch.autograd.grad(loss(mx.fused_mix(feats, labels, intensities, seed=seed)), leaves, allow_unused=True)
+    want = torch.autograd.grad(loss(composed(feats, labels, intensities, 10, 0.4, seed, 2.0)), leaves,
+                               allow_unused=True)
+    for a, b, leaf in zip(got, want, leaves):
+        a = torch.zeros_like(leaf) if a is None else a
+        b = torch.zeros_like(leaf) if b is None else b
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_backward_op_takes_absent_gradients_as_zero(device):
+    feats, labels, intensities = inputs(SHAPES["mixed"], 8, torch.float64, device)
+    out = torch.ops.msmix.fused_mix(feats, labels, intensities, 6, 0.4, torch.tensor(2), 2.0)
+    feats_out, labels_out, idx1, idx2, lam, lam_label = out[0], out[1], out[2], out[3], out[4], out[5]
+    grads = [torch.randn_like(t) for t in feats_out]
+    grad_labels = torch.randn_like(labels_out)
+    mask = [True, True, True]
+    absent = torch.ops.msmix.fused_mix_backward(grads, grad_labels, None, None, None, None, feats, labels,
+                                                intensities, idx1, idx2, lam, lam_label, mask)
+    zeros = torch.ops.msmix.fused_mix_backward(grads, grad_labels, torch.zeros_like(lam), torch.zeros_like(lam_label),
+                                               torch.zeros(6, dtype=labels.dtype, device=device),
+                                               torch.zeros(6, dtype=labels.dtype, device=device), feats, labels,
+                                               intensities, idx1, idx2, lam, lam_label, mask)
+    for a, b in zip(absent[0], zeros[0]):
+        assert torch.equal(a, b)
+    assert torch.equal(absent[1], zeros[1]) and torch.equal(absent[2], zeros[2])
+
+
 def test_gradients_against_finite_differences():
     feats, labels, intensities = inputs(SHAPES["mixed"], 6, torch.float64, "cpu", requires_grad=True)
     seed = torch.tensor(5)

@@ -109,8 +109,8 @@ FusedResult fused_mix_autocast(at::TensorList feats, const at::Tensor& labels, c
 
 template <c10::DeviceType device>
 FusedGrads fused_mix_backward_autocast(at::TensorList grad_feats_out, const at::Tensor& grad_labels_out,
-                                       const at::Tensor& grad_lam, const at::Tensor& grad_lam_label,
-                                       const at::Tensor& grad_labels1, const at::Tensor& grad_labels2,
+                                       const OptionalTensor& grad_lam, const OptionalTensor& grad_lam_label,
+                                       const OptionalTensor& grad_labels1, const OptionalTensor& grad_labels2,
                                        at::TensorList feats, const at::Tensor& labels,
                                        const at::Tensor& intensities, const at::Tensor& idx1,
                                        const at::Tensor& idx2, const at::Tensor& lam, const at::Tensor& lam_label,
