@@ -8,6 +8,8 @@
 // pairs were valid, so no size ever has to leave the device.
 #pragma once
 
+#include <cmath>
+
 #include "philox.h"
 
 namespace msmix {
@@ -75,6 +77,26 @@ MSMIX_HOST_DEVICE bool key_before(uint64_t key_a, int64_t flat_a, uint64_t key_b
 template <typename acc_t>
 MSMIX_HOST_DEVICE constexpr acc_t degenerate_similarity_range() {
   return sizeof(acc_t) >= 8 ? acc_t(1e-8) : acc_t(1.0 / 65536.0);
+}
+
+// Row normalisation (design.md §4.1), one formula on both devices: a row is
+// scaled by the reciprocal of its largest magnitude before its squares are
+// summed, so large fp16/bf16/fp32 values cannot overflow the sum, then by the
+// reciprocal of its norm. Reciprocals, not a division per element (which
+// dominated the CPU kernel's cost).
+template <typename acc_t>
+MSMIX_HOST_DEVICE acc_t inverse_magnitude(acc_t max_abs) {
+  return max_abs > acc_t(0) ? acc_t(1) / max_abs : acc_t(0);
+}
+
+// scaled_sum_sq: the sum of squares of the row times inverse_magnitude(max_abs).
+template <typename acc_t>
+MSMIX_HOST_DEVICE acc_t inverse_row_norm(acc_t max_abs, acc_t scaled_sum_sq) {
+#ifndef __CUDA_ARCH__
+  using std::sqrt;
+#endif
+  const acc_t norm = max_abs * sqrt(scaled_sum_sq);
+  return acc_t(1) / (norm > acc_t(1e-12) ? norm : acc_t(1e-12));
 }
 
 // Min-max normalisation of the off-diagonal similarities (design.md §4.3).

@@ -103,18 +103,25 @@ void mix_rows_ratio_grad(const Grad& grad_out, const scalar_t* src, const int64_
   });
 }
 
-// Mixes one [B, ...] tensor with ratios `ratio` [K] (a row of lam, or lam_label).
+// Row `row` of a contiguous [M, K] (or [K], row 0) ratio tensor, without a
+// select op per modality (those cost more than small batches' mixing).
+template <typename T>
+const T* ratio_row(const at::Tensor& ratios, int64_t row) {
+  return ratios.const_data_ptr<T>() + row * ratios.size(-1);
+}
+
+// Mixes one [B, ...] tensor with row `row` of the ratios (lam [M, K] or lam_label [K]).
 at::Tensor mix_one(const at::Tensor& x, const at::Tensor& idx1, const at::Tensor& idx2,
-                   const at::Tensor& ratio) {
+                   const at::Tensor& ratios, int64_t row) {
   const at::Tensor src = x.contiguous();
   const int64_t batch = x.size(0), num_mix = idx1.size(0);
   at::Tensor out = at::empty(with_rows(x, batch + num_mix), src.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "mix", [&] {
     using scalar_data_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ratio.scalar_type(), "mix", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ratios.scalar_type(), "mix", [&] {
       mix_rows_forward<scalar_data_t, scalar_t>(src.data_ptr<scalar_data_t>(), out.data_ptr<scalar_data_t>(),
                                                 idx1.data_ptr<int64_t>(), idx2.data_ptr<int64_t>(),
-                                                ratio.data_ptr<scalar_t>(), batch, num_mix, row_width(src));
+                                                ratio_row<scalar_t>(ratios, row), batch, num_mix, row_width(src));
     });
   });
   return out;
@@ -131,32 +138,33 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mix_forward_kernel(
   const at::Tensor lam_c = lam.contiguous(), lam_label_c = lam_label.contiguous();
   std::vector<at::Tensor> out;
   for (size_t m = 0; m < feats.size(); ++m)
-    out.push_back(mix_one(feats[m], i1, i2, lam_c[static_cast<int64_t>(m)]));
-  return {out, mix_one(labels, i1, i2, lam_label_c)};
+    out.push_back(mix_one(feats[m], i1, i2, lam_c, static_cast<int64_t>(m)));
+  return {out, mix_one(labels, i1, i2, lam_label_c, 0)};
 }
 
-// Gradients of one mixed tensor: into its source rows and into its ratios.
+// Gradients of one mixed tensor, mixed with row `row` of `ratios`: into its source
+// rows (*grad_x) and into row `row` of *grad_ratios (shaped like `ratios`).
 void mix_one_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& idx1,
-                      const at::Tensor& idx2, const at::Tensor& ratio, const MixInverseIndex& inverse,
-                      at::Tensor* grad_x, at::Tensor* grad_ratio) {
+                      const at::Tensor& idx2, const at::Tensor& ratios, int64_t row,
+                      const MixInverseIndex& inverse, at::Tensor* grad_x, at::Tensor* grad_ratios) {
   const at::Tensor g = strided_rows(grad_out);
   const int64_t num_mix = idx1.size(0), batch = g.size(0) - num_mix, width = g.size(1);
   if (grad_x != nullptr) *grad_x = at::empty(with_rows(grad_out, batch), grad_out.options());
-  if (grad_ratio != nullptr) *grad_ratio = at::empty({num_mix}, ratio.options());
-  const at::Tensor src = grad_ratio != nullptr ? x.contiguous() : at::Tensor();
-  if (grad_ratio != nullptr) check_saved_rows(src, grad_out, batch, width);
+  const at::Tensor src = grad_ratios != nullptr ? x.contiguous() : at::Tensor();
+  if (grad_ratios != nullptr) check_saved_rows(src, grad_out, batch, width);
   const bool broadcast = width > 1 && g.stride(1) == 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "mix_backward", [&] {
     using scalar_data_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ratio.scalar_type(), "mix_backward", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ratios.scalar_type(), "mix_backward", [&] {
       auto run = [&](auto rows) {
         if (grad_x != nullptr)
           mix_rows_backward<scalar_data_t, scalar_t>(rows, grad_x->data_ptr<scalar_data_t>(), inverse,
-                                                     ratio.data_ptr<scalar_t>(), batch, width);
-        if (grad_ratio != nullptr)
+                                                     ratio_row<scalar_t>(ratios, row), batch, width);
+        if (grad_ratios != nullptr)
           mix_rows_ratio_grad<scalar_data_t, scalar_t>(rows, src.data_ptr<scalar_data_t>(),
                                                        idx1.data_ptr<int64_t>(), idx2.data_ptr<int64_t>(),
-                                                       grad_ratio->data_ptr<scalar_t>(), batch, num_mix, width);
+                                                       grad_ratios->data_ptr<scalar_t>() + row * num_mix, batch,
+                                                       num_mix, width);
       };
       const scalar_data_t* data = g.data_ptr<scalar_data_t>();
       if (broadcast)
@@ -184,16 +192,15 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> mix_back
   std::vector<at::Tensor> grad_feats;
   at::Tensor grad_lam = at::empty({need_lam ? num_modalities : 0, need_lam ? num_mix : 0}, lam.options());
   for (int64_t m = 0; m < num_modalities; ++m) {
-    at::Tensor grad_x, grad_ratio;
-    mix_one_backward(grad_feats_out[m], need_lam ? feats[m] : at::Tensor(), i1, i2, lam_c[m], inverse,
-                     need_feats ? &grad_x : nullptr, need_lam ? &grad_ratio : nullptr);
+    at::Tensor grad_x;
+    mix_one_backward(grad_feats_out[m], need_lam ? feats[m] : at::Tensor(), i1, i2, lam_c, m, inverse,
+                     need_feats ? &grad_x : nullptr, need_lam ? &grad_lam : nullptr);
     if (need_feats) grad_feats.push_back(grad_x);
-    if (need_lam) grad_lam[m].copy_(grad_ratio);
   }
   at::Tensor grad_labels = at::empty({0}, grad_labels_out.options());
-  at::Tensor grad_lam_label = at::empty({0}, lam_label.options());
+  at::Tensor grad_lam_label = at::empty({need_lam_label ? num_mix : 0}, lam_label.options());
   if (need_labels || need_lam_label)
-    mix_one_backward(grad_labels_out, labels, i1, i2, lam_label_c, inverse,
+    mix_one_backward(grad_labels_out, labels, i1, i2, lam_label_c, 0, inverse,
                      need_labels ? &grad_labels : nullptr, need_lam_label ? &grad_lam_label : nullptr);
   return {grad_feats, grad_labels, grad_lam, grad_lam_label};
 }

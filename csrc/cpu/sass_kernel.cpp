@@ -34,30 +34,24 @@ void normalise_rows_kernel(const at::Tensor& rows, at::Tensor& z, int64_t col_of
                    [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const scalar_t* x = src + b * width;
-      // Branch-free so that the loops vectorise; !(a <= max) is true for NaN and Inf.
       acc_t max_abs = 0;
-      int bad = 0;
-#pragma omp simd reduction(max : max_abs) reduction(| : bad)
-      for (int64_t c = 0; c < width; ++c) {
-        const acc_t a = std::abs(static_cast<acc_t>(x[c]));
-        bad |= !(a <= std::numeric_limits<acc_t>::max());
-        max_abs = std::max(max_abs, a);
-      }
-      if (bad) {
-        non_finite = true;
-        continue;
-      }
-      // Reciprocals, not per-element divisions (those dominated the cost); the
-      // roundings differ from the CUDA kernel's in the last bit at most.
-      const acc_t inv_max = max_abs > 0 ? acc_t(1) / max_abs : acc_t(0);
+#pragma omp simd reduction(max : max_abs)
+      for (int64_t c = 0; c < width; ++c) max_abs = std::max(max_abs, std::abs(static_cast<acc_t>(x[c])));
+      const acc_t inv_max = inverse_magnitude(max_abs);
       acc_t sum_sq = 0;
 #pragma omp simd reduction(+ : sum_sq)
       for (int64_t c = 0; c < width; ++c) {
         const acc_t v = static_cast<acc_t>(x[c]) * inv_max;
         sum_sq += v * v;
       }
-      const acc_t inv_norm = acc_t(1) / std::max(max_abs * std::sqrt(sum_sq), acc_t(1e-12));
+      // An Inf makes max_abs Inf; a NaN makes sum_sq NaN (whatever max made of it).
+      if (!std::isfinite(max_abs) || !std::isfinite(sum_sq)) {
+        non_finite = true;
+        continue;
+      }
+      const acc_t inv_norm = inverse_row_norm(max_abs, sum_sq);
       acc_t* out = dst + b * z_width;
+#pragma omp simd
       for (int64_t c = 0; c < width; ++c) out[c] = static_cast<acc_t>(x[c]) * inv_norm;
     }
   });

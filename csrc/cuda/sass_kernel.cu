@@ -150,18 +150,16 @@ __global__ void normalise_rows_kernel(const scalar_t* __restrict__ src, int64_t 
     return;
   }
   max_abs = block_reduce(max_abs, gpu::MaxOp<acc_t>(), acc_t(0), shared);
+  const acc_t inv_max = inverse_magnitude(max_abs);
   acc_t sum_sq = 0;
-  if (max_abs > acc_t(0)) {
-    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
-      const acc_t v = static_cast<acc_t>(x[c]) / max_abs;
-      sum_sq += v * v;
-    }
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
+    const acc_t v = static_cast<acc_t>(x[c]) * inv_max;
+    sum_sq += v * v;
   }
   sum_sq = block_reduce(sum_sq, gpu::SumOp<acc_t>(), acc_t(0), shared);
-  const acc_t norm = max_abs * sqrt(sum_sq);
-  const acc_t denom = norm > acc_t(1e-12) ? norm : acc_t(1e-12);
+  const acc_t inv_norm = inverse_row_norm(max_abs, sum_sq);
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x)
-    out[c] = static_cast<acc_t>(x[c]) / denom;
+    out[c] = static_cast<acc_t>(x[c]) * inv_norm;
 }
 
 // partial[split] = Z[:, cols] Z[:, cols]^T over the split's columns. Block
