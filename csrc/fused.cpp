@@ -88,13 +88,6 @@ FusedGrads fused_mix_backward_kernel(at::TensorList grad_feats_out, const at::Te
   return {std::move(grad_feats), grad_labels, grad_intensities};
 }
 
-std::vector<const at::Tensor*> combined_tensors(const std::vector<at::Tensor>& feats_out, const at::Tensor& labels_out) {
-  std::vector<const at::Tensor*> tensors;
-  for (const at::Tensor& t : feats_out) tensors.push_back(&t);
-  tensors.push_back(&labels_out);
-  return tensors;
-}
-
 // A zero gradient of an output that the loss did not read: one zero, expanded
 // (the CPU mix backward reads it in place).
 at::Tensor zero_gradient(c10::IntArrayRef shape, const at::TensorOptions& options) {
@@ -126,12 +119,14 @@ class FusedMixFunction : public torch::autograd::Function<FusedMixFunction> {
     // Undefined output gradients stay undefined (no zero tensors for lam, labels1, ...);
     // the shapes and dtypes let backward build the rare zero one of a combined tensor.
     ctx->set_materialize_grads(false);
-    std::vector<int64_t> layouts;  // per combined tensor: dtype, dim, sizes
-    for (const at::Tensor* t : combined_tensors(feats_out, labels_out)) {
-      layouts.push_back(static_cast<int64_t>(t->scalar_type()));
-      layouts.push_back(t->dim());
-      layouts.insert(layouts.end(), t->sizes().begin(), t->sizes().end());
-    }
+    std::vector<int64_t> layouts;  // per combined tensor (feats_out..., labels_out): dtype, dim, sizes
+    auto save_layout = [&](const at::Tensor& t) {
+      layouts.push_back(static_cast<int64_t>(t.scalar_type()));
+      layouts.push_back(t.dim());
+      layouts.insert(layouts.end(), t.sizes().begin(), t.sizes().end());
+    };
+    for (const at::Tensor& t : feats_out) save_layout(t);
+    save_layout(labels_out);
     ctx->saved_data["combined_layouts"] = layouts;
     ctx->mark_non_differentiable({idx1, idx2, lam0});
     variable_list out(feats_out.begin(), feats_out.end());
