@@ -263,6 +263,17 @@ def test_mix_backward_reads_any_gradient_layout(device, layout, dtype):
         assert torch.equal(a, b), name
     for name, a, b in zip(["grad_labels", "grad_lam", "grad_lam_label"], got[1:], want[1:]):
         assert torch.equal(a, b), name
+    # And the values are right: float64 autograd through the reference formula with the
+    # same gradient values.
+    inputs = [t.double().requires_grad_() for t in [*feats, labels, lam, lam_label]]
+    ref_feats, ref_labels = ref.mix(inputs[:2], inputs[2], idx1, idx2, inputs[3], inputs[4])
+    exact = torch.autograd.grad([*ref_feats, ref_labels], inputs, [g.double() for g in grads])
+    # feats and labels gradients round to the data dtype; the ratio gradients are float32 (lam's).
+    data_tol = TOL[dtype] if dtype != torch.bfloat16 else dict(rtol=2e-2, atol=6e-2)
+    for name, a, e in zip(["grad_feats[0]", "grad_feats[1]", "grad_labels", "grad_lam", "grad_lam_label"],
+                          [*got[0], *got[1:]], exact):
+        tol = TOL[torch.float32] if name.startswith("grad_lam") else data_tol
+        torch.testing.assert_close(a.double(), e, **tol, msg=lambda m: f"{name}: {m}")
 
 
 def test_fused_mix_backward_of_a_sum_matches_ones(device):
@@ -280,8 +291,19 @@ def test_fused_mix_backward_of_a_sum_matches_ones(device):
         loss = sum((torch.ones_like(t) * t).sum() if weighted else t.sum() for t in tensors)
         return torch.autograd.grad(loss, [*fs, inten])
 
-    for a, b in zip(grads(False), grads(True)):
+    got = grads(False)
+    for a, b in zip(got, grads(True)):
         assert torch.equal(a, b)
+    # Independently: the gradient of the sum through the composed reference pipeline
+    # (the same pairs and base ratios), in float64.
+    out = mx.fused_mix(feats, labels, intensities, seed=3)
+    fs = [f.double().requires_grad_() for f in feats]
+    inten = intensities.double().requires_grad_()
+    lam, lam_label = mx.mix_ratios(inten, out.idx1, out.idx2, out.lam0.double())
+    ref_feats, ref_labels = ref.mix(fs, labels.double(), out.idx1, out.idx2, lam, lam_label)
+    exact = torch.autograd.grad(sum(t.sum() for t in [*ref_feats, ref_labels]), [*fs, inten])
+    for a, e in zip(got, exact):
+        torch.testing.assert_close(a.double(), e, rtol=1e-5, atol=1e-5)
 
 
 def test_mix_gradcheck(device):
