@@ -1,6 +1,7 @@
 """Nothing may depend on the CPU model or the thread count (docs/design.md, "Determinism"):
 S' is exactly symmetric by construction, a degenerate batch takes the constant rule
-whatever the rounding, and 1 and 2 threads give the same S', pairs and mixed rows."""
+whatever the rounding, 1 and 2 threads give the same S', pairs and mixed rows, and the
+CPU kernels' row sums follow one fixed order whichever SIMD version the loader picked."""
 
 from __future__ import annotations
 
@@ -91,3 +92,46 @@ def test_one_and_two_threads_agree_bitwise(name, restore_threads):
         assert torch.equal(getattr(o1, field), getattr(o2, field)), field
     for a, b in zip(o1.feats, o2.feats):
         assert torch.equal(a, b)
+
+
+LANES = 32  # csrc/cpu/row_loops.h kLanes
+
+
+def lane_sum(terms: torch.Tensor) -> torch.Tensor:
+    """csrc/cpu/row_loops.h lane_sum, one elementwise IEEE add at a time: lane l adds the
+    terms c = l (mod 32) in order, then lanes are added pairwise (l += l + half)."""
+    lanes = torch.zeros(LANES, dtype=terms.dtype)
+    full = terms.numel() // LANES * LANES
+    for c in range(0, full, LANES):
+        lanes = lanes + terms[c:c + LANES]
+    tail = terms[full:]
+    lanes[:tail.numel()] = lanes[:tail.numel()] + tail
+    half = LANES // 2
+    while half:
+        lanes[:half] = lanes[:half] + lanes[half:2 * half]
+        half //= 2
+    return lanes[0]
+
+
+@pytest.mark.parametrize("width", [1, 31, 32, 33, 100, 1029])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("broadcast", [False, True], ids=["dense", "expanded"])
+def test_ratio_gradient_sums_in_the_documented_order(width, dtype, broadcast):
+    # The ratio gradient <g, x_i - x_j> is a row sum: on any CPU (baseline or AVX2 clone)
+    # it must equal the fixed lane order computed here op by op, bit for bit.
+    batch, num_mix = 6, 5
+    g = torch.Generator().manual_seed(width)
+    x = torch.randn(batch, width, generator=g, dtype=torch.float64).to(dtype)
+    grad_out = torch.randn(batch + num_mix, 1 if broadcast else width, generator=g, dtype=torch.float64).to(dtype)
+    grad_out = grad_out.expand(batch + num_mix, width)
+    idx1 = torch.tensor([0, 2, 4, 1, 5])
+    idx2 = torch.tensor([3, 1, 0, 5, 2])
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    lam = torch.rand(1, num_mix, generator=g, dtype=torch.float64).to(acc)
+    labels = torch.zeros(batch, dtype=dtype)
+    _, _, grad_lam, _ = torch.ops.msmix.mix_backward(
+        [grad_out], torch.zeros(batch + num_mix, dtype=dtype), [x], labels, idx1, idx2, lam, lam[0],
+        [False, False, True, False])
+    for k in range(num_mix):
+        terms = grad_out[batch + k].to(acc) * (x[idx1[k]].to(acc) - x[idx2[k]].to(acc))
+        assert torch.equal(grad_lam[0, k], lane_sum(terms)), f"k = {k}"

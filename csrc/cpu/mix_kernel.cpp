@@ -12,6 +12,7 @@
 #include "../checks.h"
 #include "../mix_math.h"
 #include "../rows.h"
+#include "row_loops.h"
 
 namespace msmix {
 namespace {
@@ -40,11 +41,8 @@ void mix_rows_forward(const scalar_t* src, scalar_t* out, const int64_t* idx1, c
         continue;
       }
       const int64_t k = row - batch;
-      const acc_t a = static_cast<acc_t>(ratio[k]);
-      const scalar_t* x1 = src + idx1[k] * width;
-      const scalar_t* x2 = src + idx2[k] * width;
-      for (int64_t c = 0; c < width; ++c)
-        dst[c] = static_cast<scalar_t>(mix_value(a, static_cast<acc_t>(x1[c]), static_cast<acc_t>(x2[c])));
+      mix_row<scalar_t, acc_t>(src + idx1[k] * width, src + idx2[k] * width, static_cast<acc_t>(ratio[k]), dst,
+                               width);
     }
   });
 }
@@ -57,49 +55,32 @@ struct GradRows {
   const scalar_t* data;
   int64_t row_stride;
   const scalar_t* row(int64_t r) const { return data + r * row_stride; }
-  static scalar_t at(const scalar_t* row, int64_t c) { return row[kBroadcast ? 0 : c]; }
 };
 
-template <typename scalar_t, typename ratio_t, typename Grad>
-void mix_rows_backward(const Grad& grad_out, scalar_t* grad_src, const MixInverseIndex& inverse,
-                       const ratio_t* ratio, int64_t batch, int64_t width) {
+template <typename scalar_t, typename ratio_t, bool kBroadcast>
+void mix_rows_backward(const GradRows<scalar_t, kBroadcast>& grad_out, scalar_t* grad_src,
+                       const MixInverseIndex& inverse, const ratio_t* ratio, int64_t batch, int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, batch, row_grain(width), [&](int64_t begin, int64_t end) {
-    // Whole rows at a time (contiguous, vectorisable), summed in entry order.
     std::vector<acc_t> acc(width);
     for (int64_t b = begin; b < end; ++b) {
-      const scalar_t* g = grad_out.row(b);
-      for (int64_t c = 0; c < width; ++c) acc[c] = static_cast<acc_t>(Grad::at(g, c));
-      for (int64_t e = inverse.offsets[b]; e < inverse.offsets[b + 1]; ++e) {
-        const int64_t entry = inverse.entries[e];
-        const int64_t k = entry_mix_index(entry);
-        const acc_t weight = source_weight(static_cast<acc_t>(ratio[k]), entry_is_second(entry));
-        const scalar_t* mixed = grad_out.row(batch + k);
-        for (int64_t c = 0; c < width; ++c) acc[c] += weight * static_cast<acc_t>(Grad::at(mixed, c));
-      }
-      scalar_t* out = grad_src + b * width;
-      for (int64_t c = 0; c < width; ++c) out[c] = static_cast<scalar_t>(acc[c]);
+      const int64_t first = inverse.offsets[b];
+      source_row_grad<scalar_t, ratio_t, acc_t, kBroadcast>(
+          grad_out.row(b), grad_out.row(batch), grad_out.row_stride, inverse.entries.data() + first,
+          inverse.offsets[b + 1] - first, ratio, acc.data(), grad_src + b * width, width);
     }
   });
 }
 
 // d r_k = < grad_out[B + k], src[i_k] - src[j_k] >
-template <typename scalar_t, typename ratio_t, typename Grad>
-void mix_rows_ratio_grad(const Grad& grad_out, const scalar_t* src, const int64_t* idx1,
-                         const int64_t* idx2, ratio_t* grad_ratio, int64_t batch, int64_t num_mix,
-                         int64_t width) {
+template <typename scalar_t, typename ratio_t, bool kBroadcast>
+void mix_rows_ratio_grad(const GradRows<scalar_t, kBroadcast>& grad_out, const scalar_t* src, const int64_t* idx1,
+                         const int64_t* idx2, ratio_t* grad_ratio, int64_t batch, int64_t num_mix, int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, num_mix, row_grain(width), [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const scalar_t* g = grad_out.row(batch + k);
-      const scalar_t* x1 = src + idx1[k] * width;
-      const scalar_t* x2 = src + idx2[k] * width;
-      acc_t dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t c = 0; c < width; ++c)
-        dot += static_cast<acc_t>(Grad::at(g, c)) * (static_cast<acc_t>(x1[c]) - static_cast<acc_t>(x2[c]));
-      grad_ratio[k] = static_cast<ratio_t>(dot);
-    }
+    for (int64_t k = begin; k < end; ++k)
+      grad_ratio[k] = static_cast<ratio_t>(ratio_row_grad<scalar_t, acc_t, kBroadcast>(
+          grad_out.row(batch + k), src + idx1[k] * width, src + idx2[k] * width, width));
   });
 }
 

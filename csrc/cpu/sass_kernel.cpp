@@ -16,13 +16,13 @@
 #include "../checks.h"
 #include "../rows.h"
 #include "../sass_math.h"
+#include "row_loops.h"
 
 namespace msmix {
 namespace {
 
 // Writes the L2-normalised rows of every modality side by side into z
-// [B, sum_m T_m * D_m]. The norm is taken of the row divided by its largest
-// magnitude, so large fp16/bf16/fp32 values cannot overflow the sum of squares.
+// [B, sum_m T_m * D_m] (row_loops.h normalise_row).
 template <typename scalar_t, typename acc_t>
 void normalise_rows_kernel(const at::Tensor& rows, at::Tensor& z, int64_t col_offset,
                            int64_t modality, const char* op) {
@@ -32,46 +32,34 @@ void normalise_rows_kernel(const at::Tensor& rows, at::Tensor& z, int64_t col_of
   std::atomic<bool> non_finite{false};
   at::parallel_for(0, batch, std::max<int64_t>(1, 32768 / std::max<int64_t>(width, 1)),
                    [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const scalar_t* x = src + b * width;
-      acc_t max_abs = 0;
-#pragma omp simd reduction(max : max_abs)
-      for (int64_t c = 0; c < width; ++c) max_abs = std::max(max_abs, std::abs(static_cast<acc_t>(x[c])));
-      const acc_t inv_max = inverse_magnitude(max_abs);
-      acc_t sum_sq = 0;
-#pragma omp simd reduction(+ : sum_sq)
-      for (int64_t c = 0; c < width; ++c) {
-        const acc_t v = static_cast<acc_t>(x[c]) * inv_max;
-        sum_sq += v * v;
-      }
-      // An Inf makes max_abs Inf; a NaN makes sum_sq NaN (whatever max made of it).
-      if (!std::isfinite(max_abs) || !std::isfinite(sum_sq)) {
-        non_finite = true;
-        continue;
-      }
-      const acc_t inv_norm = inverse_row_norm(max_abs, sum_sq);
-      acc_t* out = dst + b * z_width;
-#pragma omp simd
-      for (int64_t c = 0; c < width; ++c) out[c] = static_cast<acc_t>(x[c]) * inv_norm;
-    }
+    for (int64_t b = begin; b < end; ++b)
+      if (!normalise_row<scalar_t, acc_t>(src + b * width, dst + b * z_width, width)) non_finite = true;
   });
   TORCH_CHECK(!non_finite, op, ": feats[", modality,
               "] contains NaN or Inf; SASS needs finite features");
 }
 
-// Min-max normalises S over its upper triangle and mirrors it: the GEMM need
-// not round S_ij and S_ji alike, but S' must be exactly symmetric (for B = 2
-// the one off-diagonal value must give the constant rule, as on CUDA).
+// S = G / M from the Gram matrix G of the concatenated unit rows, min-max
+// normalised over its upper triangle and mirrored: the GEMM need not round
+// G_ij and G_ji alike, but S' must be exactly symmetric (for B = 2 the one
+// off-diagonal value must give the constant rule, as on CUDA). Only the upper
+// triangle of G is read.
 template <typename acc_t>
-void normalise_similarity_kernel(at::Tensor& s) {
-  const int64_t batch = s.size(0);
-  acc_t* p = s.data_ptr<acc_t>();
+void normalise_similarity_kernel(at::Tensor& gram, int64_t num_modalities) {
+  const int64_t batch = gram.size(0);
+  const acc_t modalities = static_cast<acc_t>(num_modalities);
+  acc_t* p = gram.data_ptr<acc_t>();
   acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
-  for (int64_t i = 0; i < batch; ++i)
+  for (int64_t i = 0; i < batch; ++i) {
+    acc_t* row = p + i * batch;
+#pragma omp simd reduction(min : lo) reduction(max : hi)
     for (int64_t j = i + 1; j < batch; ++j) {
-      lo = std::min(lo, p[i * batch + j]);
-      hi = std::max(hi, p[i * batch + j]);
+      const acc_t v = row[j] / modalities;
+      row[j] = v;
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
     }
+  }
   at::parallel_for(0, batch, 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
       for (int64_t j = i; j < batch; ++j) {
@@ -102,8 +90,10 @@ at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
     offset += rows[m].size(1);
   }
   // One GEMM over the concatenated rows: S = Z Z^T / M.
-  at::Tensor s = at::mm(z, z.t()).div_(static_cast<double>(feats.size()));
-  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "normalise_similarity", [&] { normalise_similarity_kernel<scalar_t>(s); });
+  at::Tensor s = at::mm(z, z.t());
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "normalise_similarity", [&] {
+    normalise_similarity_kernel<scalar_t>(s, static_cast<int64_t>(feats.size()));
+  });
   return s;
 }
 

@@ -1,0 +1,134 @@
+// The inner loops of the CPU kernels, one row at a time, on raw pointers.
+//
+// Each function marked MSMIX_CPU_CLONES is compiled twice, for baseline x86-64
+// and for x86-64-v3 (AVX2, FMA), and the loader picks the version the CPU runs
+// (an ifunc, as ATen dispatches its own kernels to AVX2 at run time); the
+// extension itself is built for baseline x86-64. Both versions give the same
+// bits: sums keep kLanes partial sums combined in a fixed order (never an
+// order chosen by the vectoriser), and the build sets -ffp-contract=off so no
+// a * b + c becomes an FMA. The lanes are also what makes the reductions fast:
+// one running sum is a chain of dependent adds.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "../mix_math.h"
+#include "../sass_math.h"
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define MSMIX_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MSMIX_CPU_CLONES
+#endif
+
+#if defined(__GNUC__)
+#define MSMIX_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define MSMIX_ALWAYS_INLINE inline
+#endif
+
+namespace msmix {
+namespace {
+
+constexpr int64_t kLanes = 32;
+
+// sum over c < n of term(c): lane l adds the terms c = l (mod kLanes) in order,
+// then the lanes are added pairwise.
+template <typename acc_t, typename Term>
+MSMIX_ALWAYS_INLINE acc_t lane_sum(int64_t n, Term term) {
+  acc_t lanes[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += term(c + l);
+  }
+  for (int64_t l = 0; c + l < n; ++l) lanes[l] += term(c + l);
+  for (int64_t half = kLanes / 2; half > 0; half /= 2) {
+#pragma omp simd
+    for (int64_t l = 0; l < half; ++l) lanes[l] += lanes[l + half];
+  }
+  return lanes[0];
+}
+
+// Largest |x_c| (exact in any order; a NaN may or may not survive, callers
+// check the sum of squares for it).
+template <typename scalar_t, typename acc_t>
+MSMIX_CPU_CLONES acc_t row_abs_max(const scalar_t* x, int64_t n) {
+  acc_t lanes[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], std::abs(static_cast<acc_t>(x[c + l])));
+  }
+  for (int64_t l = 0; c + l < n; ++l) lanes[l] = std::max(lanes[l], std::abs(static_cast<acc_t>(x[c + l])));
+  for (int64_t half = kLanes / 2; half > 0; half /= 2) {
+#pragma omp simd
+    for (int64_t l = 0; l < half; ++l) lanes[l] = std::max(lanes[l], lanes[l + half]);
+  }
+  return lanes[0];
+}
+
+// Writes x / ||x|| (sass_math.h's formula) to out; false if x holds a NaN or Inf.
+template <typename scalar_t, typename acc_t>
+MSMIX_CPU_CLONES bool normalise_row(const scalar_t* x, acc_t* out, int64_t width) {
+  const acc_t max_abs = row_abs_max<scalar_t, acc_t>(x, width);
+  const acc_t inv_max = inverse_magnitude(max_abs);
+  const acc_t sum_sq = lane_sum<acc_t>(width, [&](int64_t c) {
+    const acc_t v = static_cast<acc_t>(x[c]) * inv_max;
+    return v * v;
+  });
+  // An Inf makes max_abs Inf; a NaN makes sum_sq NaN (whatever max made of it).
+  if (!std::isfinite(max_abs) || !std::isfinite(sum_sq)) return false;
+  const acc_t inv_norm = inverse_row_norm(max_abs, sum_sq);
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) out[c] = static_cast<acc_t>(x[c]) * inv_norm;
+  return true;
+}
+
+// out_c = mix_value(ratio, x1_c, x2_c), rounded once to scalar_t.
+template <typename scalar_t, typename acc_t>
+MSMIX_CPU_CLONES void mix_row(const scalar_t* x1, const scalar_t* x2, acc_t ratio, scalar_t* out, int64_t width) {
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c)
+    out[c] = static_cast<scalar_t>(mix_value(ratio, static_cast<acc_t>(x1[c]), static_cast<acc_t>(x2[c])));
+}
+
+// A gradient row: `width` contiguous values, or one value repeated along the
+// row (kBroadcast: the column stride 0 of .sum()'s gradient).
+template <bool kBroadcast>
+MSMIX_ALWAYS_INLINE int64_t grad_col(int64_t c) { return kBroadcast ? 0 : c; }
+
+// The gradient of source row b: its gradient row g_b plus, for each entry e
+// that reads row b (ascending), weight_e times the gradient row of mixed row
+// k_e, which starts at mixed + k_e * row_stride; summed in that order in acc_t.
+// acc is scratch of `width`.
+template <typename scalar_t, typename ratio_t, typename acc_t, bool kBroadcast>
+MSMIX_CPU_CLONES void source_row_grad(const scalar_t* g, const scalar_t* mixed, int64_t row_stride,
+                                      const int64_t* entries, int64_t num_entries, const ratio_t* ratio, acc_t* acc,
+                                      scalar_t* out, int64_t width) {
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) acc[c] = static_cast<acc_t>(g[grad_col<kBroadcast>(c)]);
+  for (int64_t e = 0; e < num_entries; ++e) {
+    const int64_t entry = entries[e];
+    const int64_t k = entry_mix_index(entry);
+    const acc_t weight = source_weight(static_cast<acc_t>(ratio[k]), entry_is_second(entry));
+    const scalar_t* gk = mixed + k * row_stride;
+#pragma omp simd
+    for (int64_t c = 0; c < width; ++c) acc[c] += weight * static_cast<acc_t>(gk[grad_col<kBroadcast>(c)]);
+  }
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) out[c] = static_cast<scalar_t>(acc[c]);
+}
+
+// < g, x1 - x2 >, the gradient of a mixed row's ratio.
+template <typename scalar_t, typename acc_t, bool kBroadcast>
+MSMIX_CPU_CLONES acc_t ratio_row_grad(const scalar_t* g, const scalar_t* x1, const scalar_t* x2, int64_t width) {
+  return lane_sum<acc_t>(width, [&](int64_t c) {
+    return static_cast<acc_t>(g[grad_col<kBroadcast>(c)]) * (static_cast<acc_t>(x1[c]) - static_cast<acc_t>(x2[c]));
+  });
+}
+
+}  // namespace
+}  // namespace msmix
