@@ -51,6 +51,16 @@ def test_similarity_low_and_double_precision(device, dtype):
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-10 if dtype == torch.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("batch", [511, 512, 600, 2049])
+def test_similarity_of_blocked_gram(batch):
+    # From 512 rows the CPU computes the Gram matrix's upper triangle in row blocks
+    # (csrc/cpu/sass_kernel.cpp: 2 blocks at 512 and 600, 8 at 2049 with a short last
+    # one); every block boundary and the mirrored lower triangle must match the float64
+    # reference.
+    feats = make_feats([(40,), (3, 7)], batch, dtype=torch.float64, seed=batch)
+    torch.testing.assert_close(mx.similarity(feats), ref.similarity(feats), rtol=0, atol=1e-12)
+
+
 def test_similarity_by_hand():
     # Two modalities, three samples; cosine similarities written out by hand.
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])

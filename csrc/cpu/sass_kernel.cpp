@@ -89,8 +89,21 @@ at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
     });
     offset += rows[m].size(1);
   }
-  // One GEMM over the concatenated rows: S = Z Z^T / M.
-  at::Tensor s = at::mm(z, z.t());
+  // The Gram matrix of the concatenated rows, G = Z Z^T, upper triangle only
+  // (normalise_similarity_kernel reads i < j and writes all of S'): GEMMs of row
+  // blocks [r0, r0 + R) x columns [r0, B). At B = 4096 that takes ~0.6x the time
+  // of the whole product here. Blocks have at least kMinBlockRows rows (below
+  // 512 rows it is one GEMM), as smaller GEMMs lose more to their shapes than
+  // they save.
+  constexpr int64_t kMinBlockRows = 256, kMaxBlocks = 8;
+  const int64_t num_blocks = std::clamp<int64_t>(batch / kMinBlockRows, 1, kMaxBlocks);
+  const int64_t block_rows = (batch + num_blocks - 1) / num_blocks;
+  at::Tensor s = at::empty({batch, batch}, z.options());
+  for (int64_t r0 = 0; r0 < batch; r0 += block_rows) {
+    const int64_t rows = std::min(block_rows, batch - r0);
+    at::Tensor block = s.narrow(0, r0, rows).narrow(1, r0, batch - r0);
+    at::mm_out(block, z.narrow(0, r0, rows), z.narrow(0, r0, batch - r0).t());
+  }
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "normalise_similarity", [&] {
     normalise_similarity_kernel<scalar_t>(s, static_cast<int64_t>(feats.size()));
   });
