@@ -115,6 +115,16 @@ at::Tensor similarity_forward_kernel(at::TensorList feats) {
   return normalised_similarity(feats, "similarity");
 }
 
+// Valid pairs (i, j) of row i of S': j != i and S'_ij > threshold, counted
+// without a branch per pair.
+template <typename acc_t>
+MSMIX_CPU_CLONES int64_t count_valid_in_row(const acc_t* row, int64_t i, int64_t batch, acc_t threshold) {
+  int64_t count = 0;
+#pragma omp simd reduction(+ : count)
+  for (int64_t j = 0; j < batch; ++j) count += static_cast<int64_t>(row[j] > threshold);
+  return count - static_cast<int64_t>(row[i] > threshold);
+}
+
 using KeyedPair = std::pair<uint64_t, int64_t>;  // (priority key, flat index)
 
 // Keeps the `count` smallest items, in ascending order (a selection in linear
@@ -153,9 +163,14 @@ ValidPairDraw draw_valid_pairs(const acc_t* s, int64_t batch, int64_t num_mix, a
       const int64_t row_start = i * batch;
       fill_valid_pair_keys(seed, row_start, batch, keys.data());
       const acc_t* row = s + row_start;
+      count += count_valid_in_row(row, i, batch, threshold);
+      // Once the heap is full, only a key at most its top's can enter; with random
+      // keys that is rarely true, so this branch is predictable where a test per
+      // valid pair was not.
+      const bool full = static_cast<int64_t>(heap.size()) >= num_mix;
+      const uint64_t bound = full ? heap.front().first : ~uint64_t{0};
       for (int64_t j = 0; j < batch; ++j) {
-        if (j == i || !(row[j] > threshold)) continue;
-        ++count;
+        if (keys[j] > bound || j == i || !(row[j] > threshold)) continue;
         const KeyedPair item(keys[j], row_start + j);
         if (static_cast<int64_t>(heap.size()) < num_mix) {
           heap.push_back(item);
