@@ -36,7 +36,7 @@ def seed_tensor(seed: int | torch.Tensor | None = None, generator: torch.Generat
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.long or seed.numel() != 1:
             raise ValueError(f"seed must be a one-element int64 tensor, got {seed.dtype} {list(seed.shape)}")
-        return seed.reshape(())
+        return seed if seed.dim() == 0 else seed.reshape(())
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int or an int64 tensor, got {type(seed).__name__}")
