@@ -159,22 +159,21 @@ inline void check_fused_backward_args(const at::Tensor& grad_lam, const at::Tens
 // limit so that a batch fails alike on both devices.
 constexpr int64_t kMaxSassBatch = 46340;
 
-// similarity: M >= 1 feats (check_feats) and B >= 2. Returns B.
+// similarity and SASS: M >= 1 feats (check_feats) and B >= 2 (S' is min-max
+// normalised over the off-diagonal, which needs one pair). Returns B.
 inline int64_t check_similarity_args(at::TensorList feats, const char* op) {
   const int64_t batch = check_feats(feats, op);
-  TORCH_CHECK(batch >= 2, op, ": needs a batch of at least 2 samples, got B = ", batch);
+  TORCH_CHECK(batch >= 2, op, ": needs a batch of at least 2 samples to pair, got B = ", batch);
   return batch;
 }
 
-// num_mix >= 1, 0 <= threshold < 1, alpha > 0, 2 <= B <= kMaxSassBatch; the seed
+// check_similarity_args, B <= kMaxSassBatch, num_mix >= 1, 0 <= threshold < 1, alpha > 0; the seed
 // is an int64 scalar tensor (on the feature device or the CPU) so it never
 // forces a sync. The one check of these parameters: the Python layers
 // (fused_mix, MSMix) pass them through. A bad value raises ValueError.
 inline int64_t check_sass_args(at::TensorList feats, int64_t num_mix, double threshold,
                                const at::Tensor& seed, double alpha, const char* op) {
-  const int64_t batch = check_feats(feats, op);
-  TORCH_CHECK(batch >= 2, op, ": SASS needs a batch of at least 2 samples to pair, got B = ",
-              batch);
+  const int64_t batch = check_similarity_args(feats, op);
   TORCH_CHECK(batch <= kMaxSassBatch, op, ": batch size B = ", batch, " is too large; B must be <= ",
               kMaxSassBatch, " because the CUDA kernel sorts all B*B ordered pairs in one sort of at ",
               "most 2^31 - 1 elements (both devices share the limit); split the batch");

@@ -66,7 +66,7 @@ def test_sass_select_refuses_a_batch_beyond_the_sort_limit(device):
 
 
 def test_similarity_errors():
-    with pytest.raises(RuntimeError, match=r"similarity: needs a batch of at least 2 samples, got B = 1"):
+    with pytest.raises(RuntimeError, match=r"similarity: needs a batch of at least 2 samples to pair, got B = 1"):
         mx.similarity([torch.randn(1, 3)])
     with pytest.raises(RuntimeError, match=r"similarity: feats\[0\] must be float32"):
         mx.similarity([torch.ones(3, 3, dtype=torch.int32)])
