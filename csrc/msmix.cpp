@@ -1,6 +1,7 @@
 // Operator schemas, declared once for every backend. Kernels register per
-// dispatch key in csrc/cpu and csrc/cuda; fake kernels and autograd live in
-// msmix_ext/ops.py.
+// dispatch key in csrc/cpu and csrc/cuda; fake kernels and mix's autograd live
+// in msmix_ext/ops.py, fused_mix's autograd in csrc/fused.cpp.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(msmix, m) {
@@ -42,8 +43,16 @@ TORCH_LIBRARY(msmix, m) {
       "bool[3] output_mask) -> (Tensor[] grad_feats, Tensor grad_labels, Tensor grad_intensities)");
 }
 
-// SASS returns indices and random ratios: nothing to differentiate, even when
-// the features it reads require grad (the usual case in training).
 TORCH_LIBRARY_IMPL(msmix, Autograd, m) {
+  // SASS returns indices and random ratios: nothing to differentiate, even when
+  // the features it reads require grad (the usual case in training).
   m.impl("sass_select", torch::CppFunction::makeFallthrough());
+  // No derivative: S' (msmix_ext.reference.similarity is the differentiable
+  // one) and the two backward operators (no second derivative). Their outputs
+  // get a node that raises "derivative for msmix::<op> is not implemented" if a
+  // backward pass reaches it; in C++, as fused_mix's backward calls one on every
+  // pass (a Python autograd kernel re-entered Python there each time).
+  m.impl("similarity", torch::autograd::autogradNotImplementedFallback());
+  m.impl("mix_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("fused_mix_backward", torch::autograd::autogradNotImplementedFallback());
 }

@@ -59,6 +59,8 @@ def similarity(feats: Sequence[torch.Tensor]) -> torch.Tensor:
         (0.5 everywhere off the diagonal when all similarities are equal). float64
         for float64 features, float32 otherwise. NaN or Inf features raise on the CPU;
         on CUDA their rows and columns of S' are NaN (no host-synchronising check).
+        Not differentiable (a backward pass through it raises);
+        :func:`msmix_ext.reference.similarity` is.
     """
     require_extension()
     return _ops.similarity(_feature_list(feats))

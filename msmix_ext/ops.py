@@ -139,28 +139,13 @@ def _mix_backward(ctx, grad_feats_out, grad_labels_out):
     )
 
 
-def _no_double_backward(op: str):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"msmix_ext.{op} supports first-order gradients only; differentiating its "
-                           "gradient (create_graph=True) again is not implemented")
-    return backward
-
-
-def _similarity_backward(ctx, grad):
-    raise RuntimeError("msmix_ext.similarity is not differentiable; use msmix_ext.reference.similarity "
-                       "for a differentiable S', or detach the features")
-
-
 if HAS_EXTENSION:
     torch.library.register_fake("msmix::similarity")(_fake_similarity)
     torch.library.register_fake("msmix::sass_select")(_fake_sass_select)
     torch.library.register_fake("msmix::mix")(_fake_mix)
     torch.library.register_fake("msmix::mix_backward")(_fake_mix_backward)
     torch.library.register_autograd("msmix::mix", _mix_backward, setup_context=_setup_mix_context)
-    torch.library.register_autograd("msmix::similarity", _similarity_backward)
-    # Without this, a second derivative through mix would silently be zero.
-    torch.library.register_autograd("msmix::mix_backward", _no_double_backward("mix"))
-    # fused_mix's autograd is a C++ Function at the Autograd key (csrc/fused.cpp).
+    # fused_mix's autograd is a C++ Function at the Autograd key (csrc/fused.cpp); similarity,
+    # mix_backward and fused_mix_backward have no derivative (csrc/msmix.cpp).
     torch.library.register_fake("msmix::fused_mix")(_fake_fused_mix)
     torch.library.register_fake("msmix::fused_mix_backward")(_fake_fused_mix_backward)
-    torch.library.register_autograd("msmix::fused_mix_backward", _no_double_backward("fused_mix"))
