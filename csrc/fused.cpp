@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "autograd/combined_grads.h"
 #include "checks.h"
 #include "fused.h"
 #include "op_handles.h"
@@ -88,12 +89,6 @@ FusedGrads fused_mix_backward_kernel(at::TensorList grad_feats_out, const at::Te
   return {std::move(grad_feats), grad_labels, grad_intensities};
 }
 
-// A zero gradient of an output that the loss did not read: one zero, expanded
-// (the CPU mix backward reads it in place).
-at::Tensor zero_gradient(c10::IntArrayRef shape, const at::TensorOptions& options) {
-  return at::zeros({}, options).expand(shape);
-}
-
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -117,17 +112,9 @@ class FusedMixFunction : public torch::autograd::Function<FusedMixFunction> {
     ctx->saved_data["num_feats"] = num_feats;
     ctx->saved_data["saved_feats"] = need_intensities;
     // Undefined output gradients stay undefined (no zero tensors for lam, labels1, ...);
-    // the shapes and dtypes let backward build the rare zero one of a combined tensor.
+    // the layouts let backward build the rare zero one of a combined tensor.
     ctx->set_materialize_grads(false);
-    std::vector<int64_t> layouts;  // per combined tensor (feats_out..., labels_out): dtype, dim, sizes
-    auto save_layout = [&](const at::Tensor& t) {
-      layouts.push_back(static_cast<int64_t>(t.scalar_type()));
-      layouts.push_back(t.dim());
-      layouts.insert(layouts.end(), t.sizes().begin(), t.sizes().end());
-    };
-    for (const at::Tensor& t : feats_out) save_layout(t);
-    save_layout(labels_out);
-    ctx->saved_data["combined_layouts"] = layouts;
+    ctx->saved_data["combined_layouts"] = combined_layouts(feats_out, labels_out);
     ctx->mark_non_differentiable({idx1, idx2, lam0});
     variable_list out(feats_out.begin(), feats_out.end());
     out.insert(out.end(), {labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2});
@@ -142,15 +129,8 @@ class FusedMixFunction : public torch::autograd::Function<FusedMixFunction> {
     const auto rest = saved.begin() + (saved_feats ? num_feats : 0);
     const at::Tensor &labels = rest[0], &intensities = rest[1], &idx1 = rest[2], &idx2 = rest[3],
                      &lam = rest[4], &lam_label = rest[5];
-    // The gradients of the combined tensors, a zero one where the loss did not read it.
-    const std::vector<int64_t> layouts = ctx->saved_data["combined_layouts"].toIntVector();
-    std::vector<at::Tensor> grad_combined;
-    for (size_t i = 0, pos = 0; i <= static_cast<size_t>(num_feats); ++i) {
-      const auto dtype = static_cast<at::ScalarType>(layouts[pos]);
-      const c10::IntArrayRef shape(layouts.data() + pos + 2, static_cast<size_t>(layouts[pos + 1]));
-      pos += 2 + shape.size();
-      grad_combined.push_back(grads[i].defined() ? grads[i] : zero_gradient(shape, idx1.options().dtype(dtype)));
-    }
+    std::vector<at::Tensor> grad_combined =
+        combined_gradients(grads, ctx->saved_data["combined_layouts"].toIntVector(), idx1.device());
     const at::Tensor grad_labels_out = grad_combined.back();
     grad_combined.pop_back();
     const std::vector<at::Tensor>& grad_feats_out = grad_combined;

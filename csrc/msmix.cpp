@@ -1,6 +1,6 @@
 // Operator schemas, declared once for every backend. Kernels register per
-// dispatch key in csrc/cpu and csrc/cuda; fake kernels and mix's autograd live
-// in msmix_ext/ops.py, fused_mix's autograd in csrc/fused.cpp.
+// dispatch key in csrc/cpu and csrc/cuda; autograd in csrc/autograd (mix) and
+// csrc/fused.cpp (fused_mix); fake kernels in msmix_ext/ops.py.
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 

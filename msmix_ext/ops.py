@@ -1,12 +1,13 @@
-"""The torch.ops.msmix operators: one thin wrapper per operator, their fake (meta)
-kernels and the Python autograd of ``mix``.
+"""The torch.ops.msmix operators: one thin wrapper per operator and their fake
+(meta) kernels.
 
 The schemas are declared in csrc/msmix.cpp and the kernels registered per
-device in csrc/cpu and csrc/cuda (fused_mix: csrc/fused.cpp, with its autograd
-in C++). This module adds what torch.compile and autograd need: shape-only fake
-kernels, and a backward that is itself an operator (msmix::mix_backward) so that
-compiled graphs can trace it. The wrappers take exactly the schema's arguments
-and check nothing: the kernels validate (csrc/checks.h).
+device in csrc/cpu and csrc/cuda (fused_mix: csrc/fused.cpp); autograd is C++
+at the Autograd key, with backwards that are operators themselves
+(msmix::mix_backward, msmix::fused_mix_backward) so that compiled graphs can
+trace them. This module adds what torch.compile needs: shape-only fake
+kernels. The wrappers take exactly the schema's arguments and check nothing:
+the kernels validate (csrc/checks.h).
 """
 
 from __future__ import annotations
@@ -38,16 +39,6 @@ def fused_mix(feats: Sequence[torch.Tensor], labels: torch.Tensor, intensities: 
               threshold: float, seed: torch.Tensor, alpha: float):
     """``(feats_out, labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2)``."""
     return torch.ops.msmix.fused_mix(feats, labels, intensities, num_mix, threshold, seed, alpha)
-
-
-def _input_grad_flags(needs_input_grad, num_feats: int) -> tuple[bool, ...]:
-    """(feats, labels, idx1, idx2, lam, lam_label) flags of mix's inputs.
-
-    For a Tensor[] argument autograd reports one flag per tensor, flattened into
-    the sequence; fold the feats' flags back into one.
-    """
-    flags = tuple(needs_input_grad)
-    return (any(flags[:num_feats]), *map(bool, flags[num_feats:num_feats + 5]))
 
 
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -110,42 +101,13 @@ def _fake_fused_mix_backward(grad_feats_out, grad_labels_out, grad_lam, grad_lam
     return grad_feats, grad_labels, grad_intensities
 
 
-def _setup_mix_context(ctx, inputs, output) -> None:
-    feats, labels, idx1, idx2, lam, lam_label = inputs
-    need_feats, need_labels, _, _, need_lam, need_lam_label = _input_grad_flags(
-        ctx.needs_input_grad, len(feats))
-    ctx.output_mask = [need_feats, need_labels, need_lam, need_lam_label]
-    # feats and labels are read only by the ratio gradients: save them only then.
-    saved_feats = list(feats) if need_lam else []
-    ctx.save_for_backward(*saved_feats, labels if need_lam_label else None, idx1, idx2, lam, lam_label)
-
-
-def _mix_backward(ctx, grad_feats_out, grad_labels_out):
-    *saved_feats, labels, idx1, idx2, lam, lam_label = ctx.saved_tensors
-    if labels is None:
-        labels = grad_labels_out.new_empty((0,))
-    grad_feats, grad_labels, grad_lam, grad_lam_label = torch.ops.msmix.mix_backward(
-        list(grad_feats_out), grad_labels_out, saved_feats, labels, idx1, idx2, lam,
-        lam_label, ctx.output_mask,
-    )
-    need_feats, need_labels, need_lam, need_lam_label = ctx.output_mask
-    return (
-        grad_feats if need_feats else [None] * len(grad_feats_out),
-        grad_labels if need_labels else None,
-        None,
-        None,
-        grad_lam if need_lam else None,
-        grad_lam_label if need_lam_label else None,
-    )
-
-
 if HAS_EXTENSION:
     torch.library.register_fake("msmix::similarity")(_fake_similarity)
     torch.library.register_fake("msmix::sass_select")(_fake_sass_select)
     torch.library.register_fake("msmix::mix")(_fake_mix)
     torch.library.register_fake("msmix::mix_backward")(_fake_mix_backward)
-    torch.library.register_autograd("msmix::mix", _mix_backward, setup_context=_setup_mix_context)
-    # fused_mix's autograd is a C++ Function at the Autograd key (csrc/fused.cpp); similarity,
-    # mix_backward and fused_mix_backward have no derivative (csrc/msmix.cpp).
+    # Autograd is in C++ at the Autograd key: mix (csrc/autograd/mix_autograd.cpp), fused_mix
+    # (csrc/fused.cpp); similarity, mix_backward and fused_mix_backward have no derivative
+    # (csrc/msmix.cpp).
     torch.library.register_fake("msmix::fused_mix")(_fake_fused_mix)
     torch.library.register_fake("msmix::fused_mix_backward")(_fake_fused_mix_backward)
