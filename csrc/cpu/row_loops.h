@@ -17,7 +17,8 @@
 #include "../mix_math.h"
 #include "../sass_math.h"
 
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+// target_clones needs the loader's ifunc support: glibc (not musl, macOS or Windows).
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__GLIBC__)
 #define MSMIX_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define MSMIX_CPU_CLONES
