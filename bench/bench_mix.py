@@ -20,7 +20,9 @@ Compared implementations (all on the same inputs, timed interleaved in one run):
 
 Forward: inputs do not require grad. Forward+backward: features and intensities
 ``[M, B]`` require grad, ``loss = sum_m combined_m.sum() + combined_labels.sum()``,
-``loss.backward()``.
+``loss.backward()``. The ``harness`` task times that loss and its backward over
+``[B + K]`` rows made by ``torch.cat`` instead of mixing (every implementation pays
+it); the report also gives forward+backward ratios net of it.
 
 * ``compare``  - with ``--compare-to module:function``, any importable
                  ``fn(feats, labels, intensities)``, timed side by side with the others.
@@ -377,6 +379,17 @@ def ratio_stats(num: dict, den: dict) -> dict:
             "round_min": float(min(per_round)), "round_max": float(max(per_round))}
 
 
+def net_ratio_stats(num: dict, den: dict, harness: dict) -> dict:
+    """(num - harness) / (den - harness): the ratio of what each adds to the harness."""
+    def net(a, b, h):
+        return (a - h) / (b - h)
+    per_round = [net(a, b, h) for a, b, h in zip(num["round_medians_s"], den["round_medians_s"],
+                                                 harness["round_medians_s"])]
+    return {"ratio": net(num["median_s"], den["median_s"], harness["median_s"]),
+            "round_median": float(np.median(per_round)), "round_min": float(min(per_round)),
+            "round_max": float(max(per_round))}
+
+
 # --------------------------------------------------------------------------- memory
 
 def peak_memory_bytes(fn, device: str) -> int:
@@ -456,6 +469,8 @@ def bench_config(workload: str, batch: int, args, pbar, with_sass: bool) -> dict
                 tasks[(mode, impl)] = make_forward(calls[impl], feats, labels, intens)
             else:
                 tasks[(mode, impl)] = make_fwdbwd(calls[impl], feats, labels, intens)
+    # The benchmark's own loss over [B + K] rows and its backward, without any mixing.
+    tasks[("fwdbwd", "harness")] = make_fwdbwd(identity_call, feats, labels, intens)
     result = {"workload": workload, "B": batch, "K": num_mix, "shapes": shapes_str(workload),
               "loadavg_before": list(os.getloadavg())}
     big = batch >= 2048 or workload == "mosei"
@@ -497,6 +512,10 @@ def bench_config(workload: str, batch: int, args, pbar, with_sass: bool) -> dict
         for impl in IMPLS:
             if (mode, impl) in timings and impl != "floor":
                 ratios[f"{mode}/{impl}_over_floor"] = ratio_stats(timings[(mode, impl)], floor_t)
+    for impl in ("eager", "compiled", "compare"):
+        if ("fwdbwd", impl) in timings:
+            ratios[f"fwdbwd/{impl}_over_fused_net_of_harness"] = net_ratio_stats(
+                timings[("fwdbwd", impl)], timings[("fwdbwd", "fused")], timings[("fwdbwd", "harness")])
     if with_sass:
         ratios["fwd/sass_select_share_of_fused"] = ratio_stats(timings[("fwd", "sass_select")],
                                                                timings[("fwd", "fused")])
@@ -757,6 +776,24 @@ def markdown(report: dict) -> str:
                 out.append(f"- SASS (`sass_select`) takes over half of the fused {MODE_LABELS[mode]} "
                            + (f"from B = {first} on." if first else "nowhere in this sweep."))
             out.append("")
+    out.append("## Forward+backward net of the benchmark's own loss")
+    out.append("")
+    out.append("harness = the same loss and `loss.backward()` over `[B + K]` rows made by `torch.cat` instead "
+               "of mixing: every implementation pays it. Net ratios are (impl - harness) / (fused - harness).")
+    out.append("")
+    out.append("| workload | B | fused fwd+bwd | harness | harness share of fused | eager/fused net | "
+               "compiled/fused net |")
+    out.append("|---|---|---|---|---|---|---|")
+    for c in report["workloads"] + [c for c in report["sweep"] if c["B"] != 64]:
+        t, r = c["timings"], c["ratios"]
+        if "fwdbwd/harness" not in t:
+            continue
+        share = t["fwdbwd/harness"]["median_s"] / t["fwdbwd/fused"]["median_s"] * 100
+        nets = [f"{r[k]['ratio']:.2f}x" if k in r else "-" for k in (
+            "fwdbwd/eager_over_fused_net_of_harness", "fwdbwd/compiled_over_fused_net_of_harness")]
+        out.append(f"| {c['workload']} | {c['B']} | {fmt_cell(t['fwdbwd/fused'])} | {fmt_cell(t['fwdbwd/harness'])} | "
+                   f"{share:.0f}% | {nets[0]} | {nets[1]} |")
+    out.append("")
     compare = [c for c in report["workloads"] + report["sweep"] if "fwd/compare" in c["timings"]]
     if compare:
         out.append(f"## --compare-to {cfg.get('compare_to')}")
@@ -942,7 +979,8 @@ def main(argv=None) -> int:
     for w, b, s in configs:
         rounds = config_rounds(w, b, args.rounds)
         n = n_impl - (1 if (args.quick and b != 64 and not args.no_compile) else 0)
-        total += rounds * (2 * (n + (1 if args.compare_to else 0)) + (3 if s else 0)) + 1
+        # per round: each implementation in both modes, the harness, and the sweep's three SASS tasks
+        total += rounds * (2 * (n + (1 if args.compare_to else 0)) + 1 + (3 if s else 0)) + 1
     total += 0 if args.no_e2e else 5 * args.rounds
     results = []
     with tqdm(total=total, file=sys.stderr, unit="meas", dynamic_ncols=True) as pbar:
