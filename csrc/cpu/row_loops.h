@@ -1,7 +1,7 @@
 // The inner loops of the CPU kernels, one row at a time, on raw pointers.
 //
 // Each function marked MSMIX_CPU_CLONES is compiled twice, for baseline x86-64
-// and for x86-64-v3 (AVX2, FMA), and the loader picks the version the CPU runs
+// and for AVX2, and the loader picks the version the CPU runs
 // (an ifunc, as ATen dispatches its own kernels to AVX2 at run time); the
 // extension itself is built for baseline x86-64. Both versions give the same
 // bits: sums keep kLanes partial sums combined in a fixed order (never an
@@ -18,8 +18,10 @@
 #include "../sass_math.h"
 
 // target_clones needs the loader's ifunc support: glibc (not musl, macOS or Windows).
+// "avx2" rather than "arch=x86-64-v3", which GCC before 12 and older Clang reject; FMA
+// would not be used anyway (no contraction) and AVX2 is what the loops need.
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__GLIBC__)
-#define MSMIX_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define MSMIX_CPU_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define MSMIX_CPU_CLONES
 #endif
