@@ -37,46 +37,37 @@ namespace {
 
 constexpr int64_t kLanes = 32;
 
-// sum over c < n of term(c): lane l adds the terms c = l (mod kLanes) in order,
-// then the lanes are added pairwise.
-template <typename acc_t, typename Term>
-MSMIX_ALWAYS_INLINE acc_t lane_sum(int64_t n, Term term) {
+// term(c) over c < n reduced with `combine` from 0 (the identity of a sum, and
+// of a max of magnitudes): lane l combines the terms c = l (mod kLanes) in
+// order, then the lanes combine pairwise.
+template <typename acc_t, typename Combine, typename Term>
+MSMIX_ALWAYS_INLINE acc_t lane_reduce(int64_t n, Combine combine, Term term) {
   acc_t lanes[kLanes] = {};
   int64_t c = 0;
   for (; c + kLanes <= n; c += kLanes) {
 #pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += term(c + l);
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = combine(lanes[l], term(c + l));
   }
-  for (int64_t l = 0; c + l < n; ++l) lanes[l] += term(c + l);
+  for (int64_t l = 0; c + l < n; ++l) lanes[l] = combine(lanes[l], term(c + l));
   for (int64_t half = kLanes / 2; half > 0; half /= 2) {
 #pragma omp simd
-    for (int64_t l = 0; l < half; ++l) lanes[l] += lanes[l + half];
+    for (int64_t l = 0; l < half; ++l) lanes[l] = combine(lanes[l], lanes[l + half]);
   }
   return lanes[0];
 }
 
-// Largest |x_c| (exact in any order; a NaN may or may not survive, callers
-// check the sum of squares for it).
-template <typename scalar_t, typename acc_t>
-MSMIX_CPU_CLONES acc_t row_abs_max(const scalar_t* x, int64_t n) {
-  acc_t lanes[kLanes] = {};
-  int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes) {
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], std::abs(static_cast<acc_t>(x[c + l])));
-  }
-  for (int64_t l = 0; c + l < n; ++l) lanes[l] = std::max(lanes[l], std::abs(static_cast<acc_t>(x[c + l])));
-  for (int64_t half = kLanes / 2; half > 0; half /= 2) {
-#pragma omp simd
-    for (int64_t l = 0; l < half; ++l) lanes[l] = std::max(lanes[l], lanes[l + half]);
-  }
-  return lanes[0];
+template <typename acc_t, typename Term>
+MSMIX_ALWAYS_INLINE acc_t lane_sum(int64_t n, Term term) {
+  return lane_reduce<acc_t>(n, [](acc_t a, acc_t b) { return a + b; }, term);
 }
 
 // Writes x / ||x|| (sass_math.h's formula) to out; false if x holds a NaN or Inf.
 template <typename scalar_t, typename acc_t>
 MSMIX_CPU_CLONES bool normalise_row(const scalar_t* x, acc_t* out, int64_t width) {
-  const acc_t max_abs = row_abs_max<scalar_t, acc_t>(x, width);
+  // Exact in any order; a NaN may or may not survive the max, the sum of squares keeps it.
+  const acc_t max_abs = lane_reduce<acc_t>(
+      width, [](acc_t a, acc_t b) { return std::max(a, b); },
+      [&](int64_t c) { return std::abs(static_cast<acc_t>(x[c])); });
   const acc_t inv_max = inverse_magnitude(max_abs);
   const acc_t sum_sq = lane_sum<acc_t>(width, [&](int64_t c) {
     const acc_t v = static_cast<acc_t>(x[c]) * inv_max;
