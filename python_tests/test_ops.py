@@ -61,6 +61,40 @@ def test_similarity_of_blocked_gram(batch):
     torch.testing.assert_close(mx.similarity(feats), ref.similarity(feats), rtol=0, atol=1e-12)
 
 
+# Rows at least 2M times wider than the batch is long (from 32 rows): the CPU takes S
+# from Gram products of the unscaled rows and their norms from the Gram diagonals
+# (csrc/cpu/sass_kernel.cpp upper_similarity_from_raw_rows). Widths 240 + 300 + 100.
+WIDE_SHAPES = [(6, 40), (300,), (2, 50)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [32, 47, 106])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_similarity_of_wide_rows(device, dtype, batch, contiguous):
+    feats = make_feats(WIDE_SHAPES, batch, dtype=dtype, device=device, contiguous=contiguous, seed=batch)
+    atol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(mx.similarity(feats).double(), ref.similarity([f.double() for f in feats]),
+                               rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("row_scale", ["zero", "tiny", "huge"])
+def test_similarity_of_wide_rows_outside_the_gram_range(device, dtype, row_scale):
+    # A row whose squared norm is zero, underflows (tiny) or overflows (huge) in the
+    # dtype: the CPU then normalises the rows before the product (without that guard the
+    # huge row's similarities come out NaN). The float64 reference sees the tiny and zero
+    # rows as they are (a norm below 1e-12 is clamped: design.md §4.1); a huge row's
+    # cosines are those of the unscaled row, as its squares overflow float64 as well.
+    exponent = 160 if dtype == torch.float64 else 20
+    scale = {"zero": 0.0, "tiny": 10.0 ** -exponent, "huge": 10.0 ** exponent}[row_scale]
+    feats = make_feats(WIDE_SHAPES, 40, dtype=dtype, device=device, seed=1)
+    scaled = [f.clone() for f in feats]
+    scaled[1][3] *= scale
+    expected = ref.similarity([f.double() for f in (feats if row_scale == "huge" else scaled)])
+    atol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(mx.similarity(scaled).double(), expected, rtol=0, atol=atol)
+
+
 def test_similarity_by_hand():
     # Two modalities, three samples; cosine similarities written out by hand.
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])

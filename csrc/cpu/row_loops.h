@@ -89,6 +89,20 @@ MSMIX_CPU_CLONES void mix_row(const scalar_t* x1, const scalar_t* x2, acc_t rati
     out[c] = static_cast<scalar_t>(mix_value(ratio, static_cast<acc_t>(x1[c]), static_cast<acc_t>(x2[c])));
 }
 
+// One modality's term of M * S along a row of the upper triangle (design.md
+// §4.2): term_c = g_c * r_i * r_c, written (first modality) or added to s_c.
+template <typename acc_t>
+MSMIX_CPU_CLONES void add_scaled_gram_row(const acc_t* g, acc_t r_i, const acc_t* r, acc_t* s, int64_t n,
+                                          bool first) {
+  if (first) {
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) s[c] = g[c] * r_i * r[c];
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) s[c] += g[c] * r_i * r[c];
+  }
+}
+
 // A gradient row: `width` contiguous values, or one value repeated along the
 // row (kBroadcast: the column stride 0 of .sum()'s gradient).
 template <bool kBroadcast>

@@ -39,11 +39,10 @@ void normalise_rows_kernel(const at::Tensor& rows, at::Tensor& z, int64_t col_of
               "] contains NaN or Inf; SASS needs finite features");
 }
 
-// S = G / M from the Gram matrix G of the concatenated unit rows, min-max
-// normalised over its upper triangle and mirrored: the GEMM need not round
-// G_ij and G_ji alike, but S' must be exactly symmetric (for B = 2 the one
-// off-diagonal value must give the constant rule, as on CUDA). Only the upper
-// triangle of G is read.
+// S = (M * S) / M, min-max normalised over its strict upper triangle and
+// mirrored: the GEMMs need not round the products of (i, j) and (j, i) alike,
+// but S' must be exactly symmetric (for B = 2 the one off-diagonal value must
+// give the constant rule, as on CUDA). Only the strict upper triangle is read.
 template <typename acc_t>
 void normalise_similarity_kernel(at::Tensor& gram, int64_t num_modalities) {
   const int64_t batch = gram.size(0);
@@ -70,6 +69,92 @@ void normalise_similarity_kernel(at::Tensor& gram, int64_t num_modalities) {
   });
 }
 
+// The upper triangle (with the diagonal) of G = X X^T into `gram` [B, B]: GEMMs
+// of row blocks [r0, r0 + R) x rows [r0, B). At B = 4096 that takes ~0.6x the
+// time of the whole product here. Blocks have at least kMinBlockRows rows
+// (below 512 rows it is one GEMM), as smaller GEMMs lose more to their shapes
+// than they save. The strict lower triangle is left unwritten.
+void upper_gram(const at::Tensor& x, at::Tensor& gram) {
+  constexpr int64_t kMinBlockRows = 256, kMaxBlocks = 8;
+  const int64_t batch = x.size(0);
+  const int64_t num_blocks = std::clamp<int64_t>(batch / kMinBlockRows, 1, kMaxBlocks);
+  const int64_t block_rows = (batch + num_blocks - 1) / num_blocks;
+  for (int64_t r0 = 0; r0 < batch; r0 += block_rows) {
+    const int64_t rows = std::min(block_rows, batch - r0);
+    at::Tensor block = gram.narrow(0, r0, rows).narrow(1, r0, batch - r0);
+    at::mm_out(block, x.narrow(0, r0, rows), x.narrow(0, r0, batch - r0).t());
+  }
+}
+
+// M * S over its strict upper triangle (design.md §4.2), from Gram products of
+// the unscaled rows: M * S_ij = sum_m G_m,ij * r_m,i * r_m,j with
+// G_m = X_m X_m^T and r_m,i = 1 / ||x_m,i|| read off G_m's diagonal. That
+// skips the normalised copy z of every feature (a write and a read of all the
+// features, ~2.5 ms of 9 ms for mosei-sized rows at B = 64) for M passes over
+// the upper triangle of [B, B]; it is taken where the rows are wider than the
+// batch is long (wide_rows). Only float32/float64 rows qualify (half rows need
+// the accumulate-dtype copy anyway), and only while every squared norm lies in
+// [sqrt(min), max / 16] of the dtype: there no product or partial sum
+// overflows, and what underflows is below 1e-12 of a cosine. Otherwise (an
+// all-zero, tiny or huge row, NaN or Inf) it returns an undefined tensor and
+// the caller normalises the rows first, as sass_math.h describes.
+template <typename acc_t>
+at::Tensor upper_similarity_from_raw_rows(const std::vector<at::Tensor>& rows) {
+  const int64_t batch = rows[0].size(0);
+  const acc_t lowest = std::sqrt(std::numeric_limits<acc_t>::min());
+  const acc_t highest = std::numeric_limits<acc_t>::max() / 16;
+  at::Tensor sum = at::empty({batch, batch}, rows[0].options());
+  at::Tensor gram = rows.size() > 1 ? at::empty({batch, batch}, rows[0].options()) : sum;
+  std::vector<acc_t> inverse_norm(batch);
+  for (size_t m = 0; m < rows.size(); ++m) {
+    upper_gram(rows[m], m == 0 ? sum : gram);
+    const acc_t* g = (m == 0 ? sum : gram).template const_data_ptr<acc_t>();
+    for (int64_t i = 0; i < batch; ++i) {
+      const acc_t sum_sq = g[i * batch + i];
+      // Also false for NaN.
+      if (!(sum_sq >= lowest && sum_sq <= highest)) return at::Tensor();
+      inverse_norm[i] = inverse_row_norm(acc_t(1), sum_sq);
+    }
+    acc_t* s = sum.template mutable_data_ptr<acc_t>();
+    at::parallel_for(0, batch, std::max<int64_t>(1, 32768 / batch), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        add_scaled_gram_row(g + i * batch + i + 1, inverse_norm[i], inverse_norm.data() + i + 1,
+                            s + i * batch + i + 1, batch - i - 1, /*first=*/m == 0);
+    });
+  }
+  return sum;
+}
+
+// Where the Gram products of the unscaled rows pay, by measurement (similarity,
+// 2 threads, float32): from 32 rows, once the rows are at least 2M times wider
+// than the batch is long (then the normalised copy costs more than the M passes
+// over [B, B]; mosei-sized rows at B = 64: 0.78x the time, at B = 256: 0.63x;
+// almt [B, 3072] at B = 512: 0.97x, at B = 1024: 1.06x, so not taken). Below 32
+// rows M GEMM calls cost more than normalising the few rows (B = 4..16: 1.2-1.4x).
+bool wide_rows(int64_t batch, int64_t total_width, int64_t num_modalities) {
+  return batch >= 32 && total_width >= 2 * num_modalities * batch;
+}
+
+// M * S over its strict upper triangle from the normalised rows z [B, sum_m T_m * D_m].
+at::Tensor upper_similarity_from_normalised_rows(const std::vector<at::Tensor>& rows, at::ScalarType acc_dtype,
+                                                 const char* op) {
+  const int64_t batch = rows[0].size(0);
+  int64_t total_width = 0;
+  for (const at::Tensor& r : rows) total_width += r.size(1);
+  at::Tensor z = at::empty({batch, total_width}, rows[0].options().dtype(acc_dtype));
+  int64_t offset = 0;
+  for (size_t m = 0; m < rows.size(); ++m) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows[m].scalar_type(), "normalise_rows", [&] {
+      normalise_rows_kernel<scalar_t, at::opmath_type<scalar_t>>(rows[m], z, offset,
+                                                                 static_cast<int64_t>(m), op);
+    });
+    offset += rows[m].size(1);
+  }
+  at::Tensor s = at::empty({batch, batch}, z.options());
+  upper_gram(z, s);
+  return s;
+}
+
 // S' of design.md §4.3 in the accumulate dtype. feats are already checked.
 at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
   const int64_t batch = feats[0].size(0);
@@ -80,30 +165,13 @@ at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
     rows.push_back(contiguous_rows(f));
     total_width += rows.back().size(1);
   }
-  at::Tensor z = at::empty({batch, total_width}, feats[0].options().dtype(acc_dtype));
-  int64_t offset = 0;
-  for (size_t m = 0; m < rows.size(); ++m) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows[m].scalar_type(), "normalise_rows", [&] {
-      normalise_rows_kernel<scalar_t, at::opmath_type<scalar_t>>(rows[m], z, offset,
-                                                                 static_cast<int64_t>(m), op);
+  at::Tensor s;
+  if (feats[0].scalar_type() == acc_dtype && wide_rows(batch, total_width, static_cast<int64_t>(feats.size()))) {
+    AT_DISPATCH_FLOATING_TYPES(acc_dtype, "similarity_from_raw_rows", [&] {
+      s = upper_similarity_from_raw_rows<scalar_t>(rows);
     });
-    offset += rows[m].size(1);
   }
-  // The Gram matrix of the concatenated rows, G = Z Z^T, upper triangle only
-  // (normalise_similarity_kernel reads i < j and writes all of S'): GEMMs of row
-  // blocks [r0, r0 + R) x columns [r0, B). At B = 4096 that takes ~0.6x the time
-  // of the whole product here. Blocks have at least kMinBlockRows rows (below
-  // 512 rows it is one GEMM), as smaller GEMMs lose more to their shapes than
-  // they save.
-  constexpr int64_t kMinBlockRows = 256, kMaxBlocks = 8;
-  const int64_t num_blocks = std::clamp<int64_t>(batch / kMinBlockRows, 1, kMaxBlocks);
-  const int64_t block_rows = (batch + num_blocks - 1) / num_blocks;
-  at::Tensor s = at::empty({batch, batch}, z.options());
-  for (int64_t r0 = 0; r0 < batch; r0 += block_rows) {
-    const int64_t rows = std::min(block_rows, batch - r0);
-    at::Tensor block = s.narrow(0, r0, rows).narrow(1, r0, batch - r0);
-    at::mm_out(block, z.narrow(0, r0, rows), z.narrow(0, r0, batch - r0).t());
-  }
+  if (!s.defined()) s = upper_similarity_from_normalised_rows(rows, acc_dtype, op);
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "normalise_similarity", [&] {
     normalise_similarity_kernel<scalar_t>(s, static_cast<int64_t>(feats.size()));
   });
