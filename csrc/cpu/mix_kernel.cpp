@@ -62,7 +62,7 @@ void mix_rows_backward(const GradRows<scalar_t, kBroadcast>& grad_out, scalar_t*
                        const MixInverseIndex& inverse, const ratio_t* ratio, int64_t batch, int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, batch, row_grain(width), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(width);
+    std::vector<acc_t> acc(kBroadcast ? 0 : width);  // source_row_grad sums a broadcast row without it
     for (int64_t b = begin; b < end; ++b) {
       const int64_t first = inverse.offsets[b];
       source_row_grad<scalar_t, ratio_t, acc_t, kBroadcast>(

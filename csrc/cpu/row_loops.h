@@ -111,11 +111,22 @@ MSMIX_ALWAYS_INLINE int64_t grad_col(int64_t c) { return kBroadcast ? 0 : c; }
 // The gradient of source row b: its gradient row g_b plus, for each entry e
 // that reads row b (ascending), weight_e times the gradient row of mixed row
 // k_e, which starts at mixed + k_e * row_stride; summed in that order in acc_t.
-// acc is scratch of `width`.
+// acc is scratch of `width`. A broadcast row is one value: summed once, then
+// filled (the same operations in the same order as for each element).
 template <typename scalar_t, typename ratio_t, typename acc_t, bool kBroadcast>
 MSMIX_CPU_CLONES void source_row_grad(const scalar_t* g, const scalar_t* mixed, int64_t row_stride,
                                       const int64_t* entries, int64_t num_entries, const ratio_t* ratio, acc_t* acc,
                                       scalar_t* out, int64_t width) {
+  if constexpr (kBroadcast) {
+    acc_t sum = static_cast<acc_t>(g[0]);
+    for (int64_t e = 0; e < num_entries; ++e) {
+      const int64_t entry = entries[e];
+      const acc_t weight = source_weight(static_cast<acc_t>(ratio[entry_mix_index(entry)]), entry_is_second(entry));
+      sum += weight * static_cast<acc_t>(mixed[entry_mix_index(entry) * row_stride]);
+    }
+    std::fill(out, out + width, static_cast<scalar_t>(sum));
+    return;
+  }
 #pragma omp simd
   for (int64_t c = 0; c < width; ++c) acc[c] = static_cast<acc_t>(g[grad_col<kBroadcast>(c)]);
   for (int64_t e = 0; e < num_entries; ++e) {
