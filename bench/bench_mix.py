@@ -619,13 +619,14 @@ def profile_fused(args, workloads, path: str) -> None:
     from msmix_ext.ratios import mix_ratios, stack_intensities
 
     lines = [f"# Profile of msmix_ext.fused_mix on {args.device}, threads={torch.get_num_threads()}", "",
-             "Stages: fused_mix = seed_tensor + stack_intensities + msmix.sass_select (normalise rows + GEMM",
-             "+ pair draw; msmix.similarity is its first part alone) + mix_ratios (plain torch ops) + msmix.mix",
-             "+ labels[idx]. Whatever the stage sum misses is Python / dispatch overhead of fused_mix.",
-             "'fused fwd, inputs requiring grad' also builds the autograd graph (torch.library autograd",
-             "wrapper of msmix.mix, mix_ratios' graph). 'mix_backward' is the C++ backward kernel called",
-             "directly; 'loss + backward, no mixing' is the fwd+bwd harness alone (cat [B] -> [B + K],",
-             "sum, backward), so fused fwd+bwd - fused fwd (grad) - that = the autograd backward of fused_mix.",
+             "Stages: the public building blocks that fused_mix's one operator call composes in C++:",
+             "seed_tensor + stack_intensities + msmix.sass_select (S from Gram products + pair draw + lam0;",
+             "msmix.similarity is its first part alone) + mix_ratios (here the public Python building block;",
+             "fused_mix runs a C++ ratio kernel instead) + msmix.mix + labels[idx].",
+             "'fused fwd, inputs requiring grad' also records fused_mix's C++ autograd node and saves its",
+             "inputs. 'mix_backward' is the C++ backward kernel called directly; 'loss + backward, no mixing'",
+             "is the fwd+bwd harness alone (cat [B] -> [B + K], sum, backward), so fused fwd+bwd - fused fwd",
+             "(grad) - that = the autograd backward of fused_mix.",
              ""]
     threads = torch.get_num_threads()
     for workload in workloads:
