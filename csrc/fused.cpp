@@ -57,6 +57,9 @@ FusedGrads fused_mix_backward_kernel(at::TensorList grad_feats_out, const at::Te
   check_fused_backward_args(grad_lam, grad_lam_label, grad_labels1, grad_labels2, intensities, lam,
                             need_intensities);
   const c10::DeviceGuard guard(grad_labels_out.device());
+  // Internal ops on gradients: no autograd tracking below this kernel (its Autograd
+  // fallback, which refuses a second derivative, has already run).
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   // lam and lam_label depend on the intensities only: their gradients are needed for those alone.
   auto [grad_feats, grad_labels, grad_lam_total, grad_lam_label_total] = mix_backward_op().call(
       grad_feats_out, grad_labels_out, need_intensities ? feats : at::TensorList(),

@@ -78,6 +78,10 @@ void upper_gram(const at::Tensor& x, at::Tensor& gram) {
   constexpr int64_t kMinBlockRows = 256, kMaxBlocks = 8;
   const int64_t batch = x.size(0);
   const int64_t num_blocks = std::clamp<int64_t>(batch / kMinBlockRows, 1, kMaxBlocks);
+  if (num_blocks == 1) {
+    at::mm_out(gram, x, x.t());
+    return;
+  }
   const int64_t block_rows = (batch + num_blocks - 1) / num_blocks;
   for (int64_t r0 = 0; r0 < batch; r0 += block_rows) {
     const int64_t rows = std::min(block_rows, batch - r0);
@@ -157,6 +161,9 @@ at::Tensor upper_similarity_from_normalised_rows(const std::vector<at::Tensor>& 
 
 // S' of design.md §4.3 in the accumulate dtype. feats are already checked.
 at::Tensor normalised_similarity(at::TensorList feats, const char* op) {
+  // The views and GEMMs below act on internal tensors: no autograd or view
+  // tracking (similarity's and sass_select's Autograd fallback leaves it on).
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t batch = feats[0].size(0);
   const auto acc_dtype = accumulate_type(feats[0].scalar_type());
   std::vector<at::Tensor> rows;
