@@ -42,8 +42,18 @@ constexpr int64_t kLanes = 32;
 // order, then the lanes combine pairwise.
 template <typename acc_t, typename Combine, typename Term>
 MSMIX_ALWAYS_INLINE acc_t lane_reduce(int64_t n, Combine combine, Term term) {
-  acc_t lanes[kLanes] = {};
+  // The first chunk is combined into 0 as it is loaded: zeroing the array first
+  // compiles to a rep stos that the next stores to it wait for (similarity of
+  // 3 x [64, 127..128] rows on the normalising path: 90 -> 86 us).
+  acc_t lanes[kLanes];
   int64_t c = 0;
+  if (n >= kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = combine(acc_t(0), term(l));
+    c = kLanes;
+  } else {
+    std::fill(lanes, lanes + kLanes, acc_t(0));
+  }
   for (; c + kLanes <= n; c += kLanes) {
 #pragma omp simd
     for (int64_t l = 0; l < kLanes; ++l) lanes[l] = combine(lanes[l], term(c + l));
