@@ -230,7 +230,7 @@ ValidPairDraw draw_valid_pairs(const acc_t* s, int64_t batch, int64_t num_mix, a
   std::vector<int64_t> counts(num_threads, 0);
   // Rows of at least ~1024 pairs per task: at B = 64 two threads already halve
   // the ~30 us of keys and heap pushes (the grain used to be 2^18 pairs, which
-  // kept every B < 1024 on one thread).
+  // kept every B <= 512 on one thread).
   const int64_t grain = std::max<int64_t>(1, 1024 / batch);
   at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
     const int thread = at::get_thread_num();
