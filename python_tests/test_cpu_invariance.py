@@ -1,7 +1,8 @@
-"""Nothing may depend on the CPU model or the thread count (docs/design.md, "Determinism"):
-S' is exactly symmetric by construction, a degenerate batch takes the constant rule
-whatever the rounding, 1 and 2 threads give the same S', pairs and mixed rows, and the
-CPU kernels' row sums follow one fixed order whichever SIMD version the loader picked."""
+"""Nothing of msmix's own may depend on the CPU model or the thread count (docs/design.md,
+"Determinism"): S' is exactly symmetric by construction, a degenerate batch takes the
+constant rule whatever the rounding, 1 and 2 threads give the same S', pairs and mixed rows
+(3 or more threads can change S's GEMM in its last bit under MKL, so they are not compared),
+and the CPU kernels' row sums follow one fixed order whichever SIMD version the loader picked."""
 
 from __future__ import annotations
 
