@@ -1,10 +1,12 @@
-"""Nothing of msmix's own may depend on the CPU model or the thread count (docs/design.md,
-"Determinism"): S' is exactly symmetric by construction, a degenerate batch takes the
-constant rule whatever the rounding, 1 and 2 threads give the same S', pairs and mixed rows
-(3 or more threads can change S's GEMM in its last bit under MKL, so they are not compared),
-and the CPU kernels' row sums follow one fixed order whichever SIMD version the loader picked."""
+"""Nothing may depend on the CPU model or the thread count (docs/design.md, "Determinism"):
+S' is exactly symmetric by construction, a degenerate batch takes the constant rule
+whatever the rounding, 1 to 4 threads give the same S', pairs and mixed rows, and the CPU
+kernels' row sums and Gram products follow one fixed order whichever SIMD version the
+loader picked."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -77,22 +79,25 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("name", SHAPES)
-def test_one_and_two_threads_agree_bitwise(name, restore_threads):
+def test_thread_counts_agree_bitwise(name, restore_threads):
+    # 3 and 4 threads (more than this machine may have): at B = 37 and 65 one at::mm
+    # of MKL gave other last bits of S with 3 or 4 threads than with 1.
     batch, shapes = SHAPES[name]
     feats = make_feats(shapes, batch, dtype=torch.float32, seed=batch + 1)
     labels = torch.linspace(-3, 3, batch)
     intensities = torch.randn(len(shapes), batch, generator=torch.Generator().manual_seed(batch))
     results = []
-    for threads in (1, 2):
+    for threads in (1, 2, 3, 4):
         torch.set_num_threads(threads)
         out = mx.fused_mix(feats, labels, intensities, threshold=0.4, seed=11)
         results.append((mx.similarity(feats), out))
-    (s1, o1), (s2, o2) = results
-    assert torch.equal(s1, s2)
-    for field in ("idx1", "idx2", "lam0", "lam", "labels"):
-        assert torch.equal(getattr(o1, field), getattr(o2, field)), field
-    for a, b in zip(o1.feats, o2.feats):
-        assert torch.equal(a, b)
+    s1, o1 = results[0]
+    for threads, (s, o) in zip((2, 3, 4), results[1:]):
+        assert torch.equal(s1, s), f"{threads} threads"
+        for field in ("idx1", "idx2", "lam0", "lam", "labels"):
+            assert torch.equal(getattr(o1, field), getattr(o, field)), (threads, field)
+        for a, b in zip(o1.feats, o.feats):
+            assert torch.equal(a, b), threads
 
 
 LANES = 32  # csrc/cpu/row_loops.h kLanes
@@ -136,3 +141,44 @@ def test_ratio_gradient_sums_in_the_documented_order(width, dtype, broadcast):
     for k in range(num_mix):
         terms = grad_out[batch + k].to(acc) * (x[idx1[k]].to(acc) - x[idx2[k]].to(acc))
         assert torch.equal(grad_lam[0, k], lane_sum(terms)), f"k = {k}"
+
+
+DOT_LANES = {torch.float32: 8, torch.float64: 4}  # csrc/cpu/row_loops.h kDotLanes
+
+
+def dot_lanes(x: torch.Tensor) -> torch.Tensor:
+    """csrc/cpu/row_loops.h's Gram products x_i . x_j, one elementwise IEEE op at a time:
+    lane l adds the products of k = l (mod L) in order of k, then lanes add pairwise."""
+    lanes_n = DOT_LANES[x.dtype]
+    products = x[:, None, :] * x[None, :, :]
+    lanes = torch.zeros(*products.shape[:2], lanes_n, dtype=x.dtype)
+    full = x.shape[1] // lanes_n * lanes_n
+    for k in range(0, full, lanes_n):
+        lanes = lanes + products[..., k:k + lanes_n]
+    tail = products[..., full:]
+    lanes[..., :tail.shape[-1]] = lanes[..., :tail.shape[-1]] + tail
+    half = lanes_n // 2
+    while half:
+        lanes[..., :half] = lanes[..., :half] + lanes[..., half:2 * half]
+        half //= 2
+    return lanes[..., 0]
+
+
+@pytest.mark.parametrize("batch,width", [(32, 64), (33, 67), (40, 1029), (100, 203)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_similarity_sums_in_the_documented_order(batch, width, dtype):
+    # One modality of rows at least 2B wide takes the Gram products of the unscaled rows
+    # (design.md §4.2); on any CPU (baseline or AVX2 clone) and for any thread count, S'
+    # must equal that formula evaluated op by op here, bit for bit.
+    x = torch.randn(batch, width, generator=torch.Generator().manual_seed(width), dtype=torch.float64).to(dtype)
+    gram = dot_lanes(x)
+    # Correctly rounded square roots (torch.sqrt of float32 need not be: MKL's vector math),
+    # then one IEEE division each.
+    norm = torch.tensor([math.sqrt(v) for v in gram.diagonal().tolist()], dtype=torch.float64).to(dtype)
+    inverse_norm = torch.ones_like(norm) / norm.clamp_min(1e-12)
+    s = gram * inverse_norm[:, None] * inverse_norm[None, :]
+    upper = torch.triu(torch.ones(batch, batch, dtype=torch.bool), diagonal=1)
+    lo, hi = s[upper].min(), s[upper].max()
+    expected = ((s - lo) / (hi - lo)).triu(diagonal=1)
+    expected = expected + expected.T
+    assert torch.equal(mx.similarity([x]), expected)

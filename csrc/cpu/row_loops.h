@@ -99,6 +99,113 @@ MSMIX_CPU_CLONES void mix_row(const scalar_t* x1, const scalar_t* x2, acc_t rati
     out[c] = static_cast<scalar_t>(mix_value(ratio, static_cast<acc_t>(x1[c]), static_cast<acc_t>(x2[c])));
 }
 
+// Gram products of rows. dot(a, b) keeps kDotLanes partial sums (one AVX2
+// register): lane l sums a_k * b_k over k = l (mod kDotLanes) in order of k,
+// then the lanes combine pairwise. A product gets the same bits whichever
+// block computes it, whichever thread runs that block and however k is cut
+// into chunks of whole lane groups, unlike a BLAS GEMM, whose split of the
+// rows among threads changes its last bits.
+template <typename acc_t>
+constexpr int64_t kDotLanes = 32 / static_cast<int64_t>(sizeof(acc_t));
+
+// One chunk [begin, end) of k (begin a multiple of kDotLanes; only the last
+// chunk has a partial lane group). Between chunks the lanes of product (i, j)
+// wait in lanes[(i * B + j) * kDotLanes, + kDotLanes).
+template <typename acc_t>
+struct DotChunk {
+  int64_t begin, end;
+  bool first, last;
+  acc_t* lanes;  // [B, B, kDotLanes]; unused when k is one chunk
+};
+
+// acc[r][c][l] += a[r][l] * b[c][l] for the L lanes of one group of k.
+template <int R, int C, int64_t L, typename acc_t>
+MSMIX_ALWAYS_INLINE void dot_lane_group(acc_t (&acc)[R][C][L], const acc_t* a, int64_t a_stride, const acc_t* b,
+                                        int64_t b_stride) {
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) acc[r][c][l] += a[r * a_stride + l] * b[c * b_stride + l];
+    }
+  }
+}
+
+// The products of rows a[0..R) with rows b[0..C) (row stride `width`) over one
+// k chunk; after the last chunk they go to out[r * out_stride + c].
+// R * C lane registers, each a and b load used C or R times. Every index into
+// acc is a constant, so that it lives in registers: the tail is a zero-padded
+// lane group (adding +0 leaves a lane as it was, and a lane is never -0).
+template <bool kChunked, int R, int C, typename acc_t>
+MSMIX_ALWAYS_INLINE void dot_block(const acc_t* a, const acc_t* b, int64_t width, const DotChunk<acc_t>& chunk,
+                                   int64_t lane_row_stride, acc_t* lanes, acc_t* out, int64_t out_stride) {
+  constexpr int64_t L = kDotLanes<acc_t>;
+  acc_t acc[R][C][L];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c)
+#pragma GCC unroll 8
+      for (int64_t l = 0; l < L; ++l)
+        acc[r][c][l] = !kChunked || chunk.first ? acc_t(0) : lanes[r * lane_row_stride + c * L + l];
+  int64_t k = chunk.begin;
+  for (; k + L <= chunk.end; k += L) dot_lane_group(acc, a + k, width, b + k, width);
+  if (k < chunk.end) {
+    acc_t a_tail[R][L] = {}, b_tail[C][L] = {};
+    for (int64_t l = 0; k + l < chunk.end; ++l) {
+      for (int r = 0; r < R; ++r) a_tail[r][l] = a[r * width + k + l];
+      for (int c = 0; c < C; ++c) b_tail[c][l] = b[c * width + k + l];
+    }
+    dot_lane_group(acc, &a_tail[0][0], L, &b_tail[0][0], L);
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      if (kChunked && !chunk.last) {
+#pragma GCC unroll 8
+        for (int64_t l = 0; l < L; ++l) lanes[r * lane_row_stride + c * L + l] = acc[r][c][l];
+        continue;
+      }
+#pragma GCC unroll 4
+      for (int64_t half = L / 2; half > 0; half /= 2)
+#pragma GCC unroll 4
+        for (int64_t l = 0; l < half; ++l) acc[r][c][l] += acc[r][c][l + half];
+      out[r * out_stride + c] = acc[r][c][0];
+    }
+  }
+}
+
+// One k chunk of row i of x [B, width] (and of row i + 1 when two_rows)
+// against rows j >= i; after the last chunk the products are in the same
+// entries of gram [B, B] ((i + 1, i) below the diagonal too, with two rows).
+// kChunked: k comes in more than one chunk.
+template <bool kChunked, typename acc_t>
+MSMIX_CPU_CLONES void gram_rows_upper(const acc_t* x, int64_t batch, int64_t width, int64_t i, bool two_rows,
+                                      DotChunk<acc_t> chunk, acc_t* gram) {
+  constexpr int64_t L = kDotLanes<acc_t>;
+  const acc_t* a = x + i * width;
+  const int64_t lane_row_stride = batch * L;
+  // Direct calls: a lambda here would be compiled for the baseline target only.
+  int64_t j = i;
+  if (two_rows) {
+    for (; j + 4 <= batch; j += 4)
+      dot_block<kChunked, 2, 4>(a, x + j * width, width, chunk, lane_row_stride,
+                                kChunked ? chunk.lanes + (i * batch + j) * L : nullptr, gram + i * batch + j, batch);
+    for (; j < batch; ++j)
+      dot_block<kChunked, 2, 1>(a, x + j * width, width, chunk, lane_row_stride,
+                                kChunked ? chunk.lanes + (i * batch + j) * L : nullptr, gram + i * batch + j, batch);
+  } else {
+    for (; j + 4 <= batch; j += 4)
+      dot_block<kChunked, 1, 4>(a, x + j * width, width, chunk, lane_row_stride,
+                                kChunked ? chunk.lanes + (i * batch + j) * L : nullptr, gram + i * batch + j, batch);
+    for (; j < batch; ++j)
+      dot_block<kChunked, 1, 1>(a, x + j * width, width, chunk, lane_row_stride,
+                                kChunked ? chunk.lanes + (i * batch + j) * L : nullptr, gram + i * batch + j, batch);
+  }
+}
+
 // One modality's term of M * S along a row of the upper triangle (design.md
 // §4.2): term_c = g_c * r_i * r_c, written (first modality) or added to s_c.
 template <typename acc_t>
