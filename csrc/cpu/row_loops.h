@@ -132,15 +132,18 @@ MSMIX_ALWAYS_INLINE void dot_lane_group(acc_t (&acc)[R][C][L], const acc_t* a, i
   }
 }
 
-// The products of rows a[0..R) with rows b[0..C) (row stride `width`) over one
-// k chunk; after the last chunk they go to out[r * out_stride + c].
-// R * C lane registers, each a and b load used C or R times. Every index into
+// The products of rows [i, i + R) with rows [j, j + C) of x [B, width] over
+// one k chunk; after the last chunk they go to gram [B, B] at (i + r, j + c).
+// R * C lane registers, each load of x used R or C times. Every index into
 // acc is a constant, so that it lives in registers: the tail is a zero-padded
 // lane group (adding +0 leaves a lane as it was, and a lane is never -0).
 template <bool kChunked, int R, int C, typename acc_t>
-MSMIX_ALWAYS_INLINE void dot_block(const acc_t* a, const acc_t* b, int64_t width, const DotChunk<acc_t>& chunk,
-                                   int64_t lane_row_stride, acc_t* lanes, acc_t* out, int64_t out_stride) {
+MSMIX_ALWAYS_INLINE void dot_block(const acc_t* x, int64_t batch, int64_t width, int64_t i, int64_t j,
+                                   const DotChunk<acc_t>& chunk, acc_t* gram) {
   constexpr int64_t L = kDotLanes<acc_t>;
+  const acc_t* a = x + i * width;
+  const acc_t* b = x + j * width;
+  acc_t* lanes = kChunked ? chunk.lanes + (i * batch + j) * L : nullptr;  // lane l of (r, c): + (r * B + c) * L + l
   acc_t acc[R][C][L];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
@@ -148,7 +151,7 @@ MSMIX_ALWAYS_INLINE void dot_block(const acc_t* a, const acc_t* b, int64_t width
     for (int c = 0; c < C; ++c)
 #pragma GCC unroll 8
       for (int64_t l = 0; l < L; ++l)
-        acc[r][c][l] = !kChunked || chunk.first ? acc_t(0) : lanes[r * lane_row_stride + c * L + l];
+        acc[r][c][l] = !kChunked || chunk.first ? acc_t(0) : lanes[(r * batch + c) * L + l];
   int64_t k = chunk.begin;
   for (; k + L <= chunk.end; k += L) dot_lane_group(acc, a + k, width, b + k, width);
   if (k < chunk.end) {
@@ -165,44 +168,39 @@ MSMIX_ALWAYS_INLINE void dot_block(const acc_t* a, const acc_t* b, int64_t width
     for (int c = 0; c < C; ++c) {
       if (kChunked && !chunk.last) {
 #pragma GCC unroll 8
-        for (int64_t l = 0; l < L; ++l) lanes[r * lane_row_stride + c * L + l] = acc[r][c][l];
+        for (int64_t l = 0; l < L; ++l) lanes[(r * batch + c) * L + l] = acc[r][c][l];
         continue;
       }
 #pragma GCC unroll 4
       for (int64_t half = L / 2; half > 0; half /= 2)
 #pragma GCC unroll 4
         for (int64_t l = 0; l < half; ++l) acc[r][c][l] += acc[r][c][l + half];
-      out[r * out_stride + c] = acc[r][c][0];
+      gram[(i + r) * batch + j + c] = acc[r][c][0];
     }
   }
+}
+
+// Rows [i, i + R) against the rows j >= i, four columns at a time.
+template <bool kChunked, int R, typename acc_t>
+MSMIX_ALWAYS_INLINE void dot_rows(const acc_t* x, int64_t batch, int64_t width, int64_t i,
+                                  const DotChunk<acc_t>& chunk, acc_t* gram) {
+  int64_t j = i;
+  for (; j + 4 <= batch; j += 4) dot_block<kChunked, R, 4>(x, batch, width, i, j, chunk, gram);
+  for (; j < batch; ++j) dot_block<kChunked, R, 1>(x, batch, width, i, j, chunk, gram);
 }
 
 // One k chunk of row i of x [B, width] (and of row i + 1 when two_rows)
 // against rows j >= i; after the last chunk the products are in the same
 // entries of gram [B, B] ((i + 1, i) below the diagonal too, with two rows).
-// kChunked: k comes in more than one chunk.
+// kChunked: k comes in more than one chunk. (Only always-inline calls below:
+// a lambda would be compiled for the baseline target alone.)
 template <bool kChunked, typename acc_t>
 MSMIX_CPU_CLONES void gram_rows_upper(const acc_t* x, int64_t batch, int64_t width, int64_t i, bool two_rows,
                                       DotChunk<acc_t> chunk, acc_t* gram) {
-  constexpr int64_t L = kDotLanes<acc_t>;
-  const acc_t* a = x + i * width;
-  const int64_t lane_row_stride = batch * L;
-  // Direct calls: a lambda here would be compiled for the baseline target only.
-  int64_t j = i;
   if (two_rows) {
-    for (; j + 4 <= batch; j += 4)
-      dot_block<kChunked, 2, 4>(a, x + j * width, width, chunk, lane_row_stride,
-                                kChunked ? chunk.lanes + (i * batch + j) * L : nullptr, gram + i * batch + j, batch);
-    for (; j < batch; ++j)
-      dot_block<kChunked, 2, 1>(a, x + j * width, width, chunk, lane_row_stride,
-                                kChunked ? chunk.lanes + (i * batch + j) * L : nullptr, gram + i * batch + j, batch);
+    dot_rows<kChunked, 2>(x, batch, width, i, chunk, gram);
   } else {
-    for (; j + 4 <= batch; j += 4)
-      dot_block<kChunked, 1, 4>(a, x + j * width, width, chunk, lane_row_stride,
-                                kChunked ? chunk.lanes + (i * batch + j) * L : nullptr, gram + i * batch + j, batch);
-    for (; j < batch; ++j)
-      dot_block<kChunked, 1, 1>(a, x + j * width, width, chunk, lane_row_stride,
-                                kChunked ? chunk.lanes + (i * batch + j) * L : nullptr, gram + i * batch + j, batch);
+    dot_rows<kChunked, 1>(x, batch, width, i, chunk, gram);
   }
 }
 
