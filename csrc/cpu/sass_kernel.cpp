@@ -82,9 +82,10 @@ void normalise_similarity_kernel(at::Tensor& gram, int64_t num_modalities) {
 // tiles of the upper triangle, fixed by B alone, one tile per task inside a
 // parallel region, where the BLAS runs each tile on one thread.
 //
-// Measured against one at::mm (2 threads, float32, similarity as a whole):
-// 3 x [B, 128] at B = 4..128: 0.6-0.8x the time; 3 x [B, 1024]: B = 16..64
-// 0.6x, B = 256..1024 0.8x; mosi/mosei-sized rows at B = 64: 0.6x.
+// Measured against one at::mm (similarity as a whole, 2 threads, float32):
+// 3 x [B, 128]: B = 4..64 0.6-0.8x the time, B = 128..512 0.8-0.95x;
+// 3 x [B, 8, 128]: B = 16..128 0.6-0.7x, B = 256..4096 0.8-0.93x;
+// mosi/mosei-sized rows at B = 64: 0.6-0.7x.
 void upper_gram(const at::Tensor& x, at::Tensor& gram) {
   constexpr int64_t kMinTiledBatch = 256, kChunkBytes = 512 * 1024, kMacsPerTask = 65536;
   const int64_t batch = x.size(0), width = x.size(1);
