@@ -97,13 +97,14 @@ void upper_gram(const at::Tensor& x, at::Tensor& gram) {
       const int64_t chunk_width =
           std::max<int64_t>(kLanes, kChunkBytes / (batch * static_cast<int64_t>(sizeof(scalar_t))) / kLanes * kLanes);
       const bool chunked = chunk_width < width;
-      std::vector<scalar_t> lanes(chunked ? batch * batch * kLanes : 0);
+      // Written by the first chunk before any read, so left uninitialised.
+      const at::Tensor lanes = at::empty({chunked ? batch * batch * kLanes : 0}, x.options());
       const scalar_t* rows = x.const_data_ptr<scalar_t>();
       scalar_t* out = gram.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, num_tasks, grain, [&](int64_t begin, int64_t end) {
         for (int64_t k0 = 0; k0 < width; k0 += chunk_width) {
           const DotChunk<scalar_t> chunk{k0, std::min(width, k0 + chunk_width), k0 == 0,
-                                         k0 + chunk_width >= width, lanes.data()};
+                                         k0 + chunk_width >= width, lanes.mutable_data_ptr<scalar_t>()};
           for (int64_t t = begin; t < end; ++t) {
             const int64_t i = 2 * (t % 2 == 0 ? t / 2 : num_tasks - 1 - t / 2);
             if (chunked) {
