@@ -40,7 +40,7 @@ void normalise_rows_kernel(const at::Tensor& rows, at::Tensor& z, int64_t col_of
 }
 
 // S = (M * S) / M, min-max normalised over its strict upper triangle and
-// mirrored: the GEMMs need not round the products of (i, j) and (j, i) alike,
+// mirrored: the Gram products need not round (i, j) and (j, i) alike,
 // but S' must be exactly symmetric (for B = 2 the one off-diagonal value must
 // give the constant rule, as on CUDA). Only the strict upper triangle is read.
 template <typename acc_t>
@@ -99,12 +99,13 @@ void upper_gram(const at::Tensor& x, at::Tensor& gram) {
       const bool chunked = chunk_width < width;
       // Written by the first chunk before any read, so left uninitialised.
       const at::Tensor lanes = at::empty({chunked ? batch * batch * kLanes : 0}, x.options());
+      scalar_t* lanes_data = lanes.mutable_data_ptr<scalar_t>();
       const scalar_t* rows = x.const_data_ptr<scalar_t>();
       scalar_t* out = gram.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, num_tasks, grain, [&](int64_t begin, int64_t end) {
         for (int64_t k0 = 0; k0 < width; k0 += chunk_width) {
           const DotChunk<scalar_t> chunk{k0, std::min(width, k0 + chunk_width), k0 == 0,
-                                         k0 + chunk_width >= width, lanes.mutable_data_ptr<scalar_t>()};
+                                         k0 + chunk_width >= width, lanes_data};
           for (int64_t t = begin; t < end; ++t) {
             const int64_t i = 2 * (t % 2 == 0 ? t / 2 : num_tasks - 1 - t / 2);
             if (chunked) {
@@ -121,6 +122,8 @@ void upper_gram(const at::Tensor& x, at::Tensor& gram) {
   const int64_t tile = std::clamp<int64_t>((batch + 7) / 8, 64, 256);  // at least 4 row blocks
   const int64_t num_blocks = (batch + tile - 1) / tile;
   at::parallel_for(0, num_blocks * (num_blocks + 1) / 2, 1, [&](int64_t begin, int64_t end) {
+    // On the pool's threads too (the guard in normalised_similarity is thread-local).
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     for (int64_t t = begin; t < end; ++t) {
       // Tile t is (row block rb, column block cb >= rb), row block by row block.
       int64_t rb = 0, first = 0;
@@ -174,13 +177,14 @@ at::Tensor upper_similarity_from_raw_rows(const std::vector<at::Tensor>& rows) {
 }
 
 // Where the Gram products of the unscaled rows pay, by measurement (similarity,
-// 2 threads, float32): from 32 rows, once the rows are at least 2M times wider
-// than the batch is long (then the normalised copy costs more than the M passes
-// over [B, B]; mosei-sized rows at B = 64: 0.78x the time, at B = 256: 0.63x;
-// almt [B, 3072] at B = 512: 0.97x, at B = 1024: 1.06x, so not taken). Below 32
-// rows M GEMM calls cost more than normalising the few rows (B = 4..16: 1.2-1.4x).
+// 2 threads, float32): once the rows are at least 2M times wider than the batch
+// is long, the normalised copy costs more than the M passes over [B, B]
+// (mosei-sized rows at B = 64: 0.78x the time, at B = 256: 0.63x; 3 x [B, 1024]
+// at B = 16: 0.23x, at B = 64: 0.5-0.7x, at B = 256 and 512: about 1x; at
+// B = 1024 (not taken) 1.06x). 3 x [B, 128] at B = 4..16 takes 0.86-1x the time,
+// so there is no lower bound on B (with one GEMM per modality there was one).
 bool wide_rows(int64_t batch, int64_t total_width, int64_t num_modalities) {
-  return batch >= 32 && total_width >= 2 * num_modalities * batch;
+  return total_width >= 2 * num_modalities * batch;
 }
 
 // M * S over its strict upper triangle from the normalised rows z [B, sum_m T_m * D_m].
