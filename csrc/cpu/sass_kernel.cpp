@@ -69,10 +69,18 @@ void normalise_similarity_kernel(at::Tensor& gram, int64_t num_modalities) {
   });
 }
 
-// The upper triangle (with the diagonal) of G = X X^T into `gram` [B, B], the
-// same bits for any number of threads (design.md, "Determinism"); entries below
-// the diagonal may be written too, and are never read. (One at::mm would do,
-// but the BLAS's split of the rows among threads changes its last bits.)
+// Gram products by msmix's own dot products below this many rows, by tiled GEMMs from it.
+constexpr int64_t kMinTiledBatch = 256;
+
+// The upper triangle (with the diagonal) of G_n = X_n X_n^T for every x of
+// xs (all [B, width_n]) into grams (N B^2 contiguous elements, G_n from
+// element n B^2), the same bits for any
+// number of threads (design.md, "Determinism"); entries below the diagonal may
+// be written too, and are never read. (One at::mm would do, but the BLAS's
+// split of the rows among threads changes its last bits.) All N in one
+// parallel region: at small B each region's start and its threads' uneven
+// finish cost as much as a Gram matrix (similarity of 3 x [64, 128], 2 threads:
+// 28.8 -> 27.0 us).
 //
 // Below kMinTiledBatch rows: msmix's own dot products (row_loops.h), two rows
 // of G per task, the tasks folded so that each thread's contiguous share holds
@@ -86,32 +94,39 @@ void normalise_similarity_kernel(at::Tensor& gram, int64_t num_modalities) {
 // 3 x [B, 128]: B = 4..64 0.6-0.8x the time, B = 128..512 0.8-0.95x;
 // 3 x [B, 8, 128]: B = 16..128 0.6-0.7x, B = 256..4096 0.8-0.93x;
 // mosi/mosei-sized rows at B = 64: 0.6-0.7x.
-void upper_gram(const at::Tensor& x, at::Tensor& gram) {
-  constexpr int64_t kMinTiledBatch = 256, kChunkBytes = 512 * 1024, kMacsPerTask = 65536;
-  const int64_t batch = x.size(0), width = x.size(1);
+void upper_grams(const std::vector<at::Tensor>& xs, const at::Tensor& grams) {
+  constexpr int64_t kChunkBytes = 512 * 1024, kMacsPerTask = 65536;
+  const int64_t batch = xs[0].size(0), plane = batch * batch, num_grams = static_cast<int64_t>(xs.size());
   if (batch < kMinTiledBatch) {
     const int64_t num_tasks = (batch + 1) / 2;  // a task's two rows hold ~B * width products
-    const int64_t grain = std::max<int64_t>(1, kMacsPerTask / std::max<int64_t>(1, batch * width));
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gram_rows_upper", [&] {
+    int64_t total_width = 0;
+    for (const at::Tensor& x : xs) total_width += x.size(1);
+    const int64_t grain = std::max<int64_t>(1, kMacsPerTask / std::max<int64_t>(1, batch * total_width));
+    AT_DISPATCH_FLOATING_TYPES(grams.scalar_type(), "gram_rows_upper", [&] {
       constexpr int64_t kLanes = kDotLanes<scalar_t>;
       const int64_t chunk_width =
           std::max<int64_t>(kLanes, kChunkBytes / (batch * static_cast<int64_t>(sizeof(scalar_t))) / kLanes * kLanes);
-      const bool chunked = chunk_width < width;
-      // Written by the first chunk before any read, so left uninitialised.
-      const at::Tensor lanes = at::empty({chunked ? batch * batch * kLanes : 0}, x.options());
+      int64_t widest = 0;
+      for (const at::Tensor& x : xs) widest = std::max(widest, x.size(1));
+      // Written by a first chunk before any read, so left uninitialised.
+      const at::Tensor lanes = at::empty({chunk_width < widest ? plane * kLanes : 0}, grams.options());
       scalar_t* lanes_data = lanes.mutable_data_ptr<scalar_t>();
-      const scalar_t* rows = x.const_data_ptr<scalar_t>();
-      scalar_t* out = gram.mutable_data_ptr<scalar_t>();
+      scalar_t* out = grams.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, num_tasks, grain, [&](int64_t begin, int64_t end) {
-        for (int64_t k0 = 0; k0 < width; k0 += chunk_width) {
-          const DotChunk<scalar_t> chunk{k0, std::min(width, k0 + chunk_width), k0 == 0,
-                                         k0 + chunk_width >= width, lanes_data};
-          for (int64_t t = begin; t < end; ++t) {
-            const int64_t i = 2 * (t % 2 == 0 ? t / 2 : num_tasks - 1 - t / 2);
-            if (chunked) {
-              gram_rows_upper<true>(rows, batch, width, i, i + 1 < batch, chunk, out);
-            } else {
-              gram_rows_upper<false>(rows, batch, width, i, i + 1 < batch, chunk, out);
+        for (int64_t n = 0; n < num_grams; ++n) {
+          const scalar_t* rows = xs[n].const_data_ptr<scalar_t>();
+          const int64_t width = xs[n].size(1);
+          const bool chunked = chunk_width < width;
+          for (int64_t k0 = 0; k0 < width; k0 += chunk_width) {
+            const DotChunk<scalar_t> chunk{k0, std::min(width, k0 + chunk_width), k0 == 0,
+                                           k0 + chunk_width >= width, lanes_data};
+            for (int64_t t = begin; t < end; ++t) {
+              const int64_t i = 2 * (t % 2 == 0 ? t / 2 : num_tasks - 1 - t / 2);
+              if (chunked) {
+                gram_rows_upper<true>(rows, batch, width, i, i + 1 < batch, chunk, out + n * plane);
+              } else {
+                gram_rows_upper<false>(rows, batch, width, i, i + 1 < batch, chunk, out + n * plane);
+              }
             }
           }
         }
@@ -120,19 +135,20 @@ void upper_gram(const at::Tensor& x, at::Tensor& gram) {
     return;
   }
   const int64_t tile = std::clamp<int64_t>((batch + 7) / 8, 64, 256);  // at least 4 row blocks
-  const int64_t num_blocks = (batch + tile - 1) / tile;
-  at::parallel_for(0, num_blocks * (num_blocks + 1) / 2, 1, [&](int64_t begin, int64_t end) {
+  const int64_t num_blocks = (batch + tile - 1) / tile, num_tiles = num_blocks * (num_blocks + 1) / 2;
+  at::parallel_for(0, num_grams * num_tiles, 1, [&](int64_t begin, int64_t end) {
     // On the pool's threads too (the guard in normalised_similarity is thread-local).
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t t = begin; t < end; ++t) {
-      // Tile t is (row block rb, column block cb >= rb), row block by row block.
+    for (int64_t task = begin; task < end; ++task) {
+      // Tile t of Gram n is (row block rb, column block cb >= rb), row block by row block.
+      const int64_t n = task / num_tiles, t = task % num_tiles;
       int64_t rb = 0, first = 0;
       while (t >= first + num_blocks - rb) first += num_blocks - rb++;
       const int64_t cb = rb + t - first;
       const int64_t r0 = rb * tile, c0 = cb * tile;
       const int64_t rows = std::min(tile, batch - r0), cols = std::min(tile, batch - c0);
-      at::Tensor out = gram.narrow(0, r0, rows).narrow(1, c0, cols);
-      at::mm_out(out, x.narrow(0, r0, rows), x.narrow(0, c0, cols).t());
+      at::Tensor out = grams.view({num_grams, batch, batch}).select(0, n).narrow(0, r0, rows).narrow(1, c0, cols);
+      at::mm_out(out, xs[n].narrow(0, r0, rows), xs[n].narrow(0, c0, cols).t());
     }
   });
 }
@@ -151,22 +167,29 @@ void upper_gram(const at::Tensor& x, at::Tensor& gram) {
 // the caller normalises the rows first, as sass_math.h describes.
 template <typename acc_t>
 at::Tensor upper_similarity_from_raw_rows(const std::vector<at::Tensor>& rows) {
-  const int64_t batch = rows[0].size(0);
+  const int64_t batch = rows[0].size(0), plane = batch * batch, num_modalities = static_cast<int64_t>(rows.size());
   const acc_t lowest = std::sqrt(std::numeric_limits<acc_t>::min());
   const acc_t highest = std::numeric_limits<acc_t>::max() / 16;
   at::Tensor sum = at::empty({batch, batch}, rows[0].options());
-  at::Tensor gram = rows.size() > 1 ? at::empty({batch, batch}, rows[0].options()) : sum;
+  // Below kMinTiledBatch rows all M Gram matrices at once, in one parallel
+  // region; from it one at a time (G_0 in `sum`, the others in one buffer),
+  // where M buffers of [B, B] would cost memory for nothing.
+  const bool at_once = batch < kMinTiledBatch;
+  const at::Tensor grams =
+      at::empty({at_once ? num_modalities * plane : (num_modalities > 1 ? plane : 0)}, rows[0].options());
+  if (at_once) upper_grams(rows, grams);
   std::vector<acc_t> inverse_norm(batch);
-  for (size_t m = 0; m < rows.size(); ++m) {
-    upper_gram(rows[m], m == 0 ? sum : gram);
-    const acc_t* g = (m == 0 ? sum : gram).template const_data_ptr<acc_t>();
+  acc_t* s = sum.template mutable_data_ptr<acc_t>();
+  for (int64_t m = 0; m < num_modalities; ++m) {
+    if (!at_once) upper_grams({rows[m]}, m == 0 ? sum : grams);
+    const acc_t* g = at_once ? grams.template const_data_ptr<acc_t>() + m * plane
+                             : (m == 0 ? s : grams.template const_data_ptr<acc_t>());
     for (int64_t i = 0; i < batch; ++i) {
       const acc_t sum_sq = g[i * batch + i];
       // Also false for NaN.
       if (!(sum_sq >= lowest && sum_sq <= highest)) return at::Tensor();
       inverse_norm[i] = inverse_row_norm(acc_t(1), sum_sq);
     }
-    acc_t* s = sum.template mutable_data_ptr<acc_t>();
     at::parallel_for(0, batch, std::max<int64_t>(1, 32768 / batch), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         add_scaled_gram_row(g + i * batch + i + 1, inverse_norm[i], inverse_norm.data() + i + 1,
@@ -203,7 +226,7 @@ at::Tensor upper_similarity_from_normalised_rows(const std::vector<at::Tensor>& 
     offset += rows[m].size(1);
   }
   at::Tensor s = at::empty({batch, batch}, z.options());
-  upper_gram(z, s);
+  upper_grams({z}, s);
   return s;
 }
 
