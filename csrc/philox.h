@@ -29,28 +29,32 @@ struct Philox4x32 {
   uint32_t v[4];
 };
 
+// The multipliers and key increments of Philox4x32 (also read by the CPU's
+// AVX2 rounds, cpu/row_loops.h).
+constexpr uint32_t kPhiloxMul0 = 0xD2511F53u, kPhiloxMul1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxWeyl0 = 0x9E3779B9u, kPhiloxWeyl1 = 0xBB67AE85u;
+constexpr int kPhiloxRounds = 10;
+
 // Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2,
 // 3", SC'11): 10 rounds of the bijection keyed by the 64-bit seed.
 MSMIX_HOST_DEVICE Philox4x32 philox4x32_10(uint64_t seed, uint64_t index,
                                            uint32_t stream, uint32_t round) {
-  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
-  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
   uint32_t c0 = static_cast<uint32_t>(index);
   uint32_t c1 = static_cast<uint32_t>(index >> 32);
   uint32_t c2 = stream, c3 = round;
   uint32_t k0 = static_cast<uint32_t>(seed);
   uint32_t k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < 10; ++r) {
-    const uint64_t p0 = static_cast<uint64_t>(kMul0) * c0;
-    const uint64_t p1 = static_cast<uint64_t>(kMul1) * c2;
+  for (int r = 0; r < kPhiloxRounds; ++r) {
+    const uint64_t p0 = static_cast<uint64_t>(kPhiloxMul0) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(kPhiloxMul1) * c2;
     const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
     const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
     c0 = hi1 ^ c1 ^ k0;
     c1 = lo1;
     c2 = hi0 ^ c3 ^ k1;
     c3 = lo0;
-    k0 += kWeyl0;
-    k1 += kWeyl1;
+    k0 += kPhiloxWeyl0;
+    k1 += kPhiloxWeyl1;
   }
   return Philox4x32{{c0, c1, c2, c3}};
 }

@@ -39,18 +39,6 @@ MSMIX_HOST_DEVICE uint64_t valid_pair_key(uint64_t seed, int64_t flat) {
   return valid_pair_key_of_block(valid_pair_block(seed, flat), flat);
 }
 
-// The keys of pairs [first, first + count), one Philox block per two keys.
-inline void fill_valid_pair_keys(uint64_t seed, int64_t first, int64_t count, uint64_t* keys) {
-  int64_t j = 0;
-  if (count > 0 && (first & 1) != 0) keys[j++] = valid_pair_key(seed, first);
-  for (; j + 1 < count; j += 2) {
-    const Philox4x32 block = valid_pair_block(seed, first + j);
-    keys[j] = valid_pair_key_of_block(block, first + j);
-    keys[j + 1] = valid_pair_key_of_block(block, first + j + 1);
-  }
-  if (j < count) keys[j] = valid_pair_key(seed, first + j);
-}
-
 MSMIX_HOST_DEVICE uint64_t fallback_pair_key(uint64_t seed, int64_t flat) {
   return random_u64(seed, static_cast<uint64_t>(flat), kStreamFallbackKey);
 }

@@ -33,6 +33,7 @@ import math
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +107,56 @@ def test_golden_tail_structure():
     pairs = list(zip(want["idx1"], want["idx2"]))
     assert sorted(pairs[:28]) == [(i, j) for i in range(8) for j in range(i + 1, 8)]
     assert all(i < j for i, j in pairs[28:])
+
+
+def _philox4x32_10(seed: int, index: np.ndarray, stream: int) -> tuple[np.ndarray, ...]:
+    """Philox4x32-10 (Salmon et al., SC'11) of counters (index, stream, 0) under the
+    64-bit key ``seed``: the four 32-bit output words, one array each."""
+    low32 = np.uint64(0xFFFFFFFF)
+    c0, c1 = index & low32, index >> np.uint64(32)
+    c2, c3 = np.full_like(index, stream), np.zeros_like(index)
+    k0, k1 = seed & 0xFFFFFFFF, seed >> 32
+    for _ in range(10):
+        p0, p1 = np.uint64(0xD2511F53) * c0, np.uint64(0xCD9E8D57) * c2  # < 2^64: exact
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & low32,
+                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & low32)
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return c0, c1, c2, c3
+
+
+def _valid_pair_keys(seed: int, batch: int) -> np.ndarray:
+    """design.md §4.5: the priority key of ordered pair (i, j) at flat index f = i B + j
+    is the low (f even) or high (f odd) 64 bits of Philox block f // 2 on stream 0."""
+    flat = np.arange(batch * batch, dtype=np.uint64)
+    v0, v1, v2, v3 = _philox4x32_10(seed, flat >> np.uint64(1), stream=0)
+    return np.where(flat % np.uint64(2) == 0, v0 | (v1 << np.uint64(32)), v2 | (v3 << np.uint64(32)))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch,seed", [(2, 5), (3, 2**40 + 17), (9, 123), (17, 2**63 - 1), (64, 99),
+                                        (70, 2**33)])
+def test_valid_draw_takes_the_smallest_philox_keys(batch, seed, threads):
+    # The valid-pair draw recomputed from the published Philox: the K valid pairs with
+    # the smallest (key, flat) in ascending order. The CPU computes these keys in AVX2
+    # registers where it can, four blocks at a time, with scalar rounds at odd row starts
+    # and row ends; odd B and B = 70 put both in every row, the seeds above 2^32 use both
+    # key words. S' is the operator's own, so no pair can flip at the threshold.
+    feats = [torch.randn(batch, 6, generator=torch.Generator().manual_seed(batch)) for _ in range(2)]
+    s = mx.similarity(feats).numpy()
+    threshold = 0.3
+    valid = (s > threshold) & ~np.eye(batch, dtype=bool)
+    num_mix = max(1, int(valid.sum()) // 2)
+    assert valid.sum() >= num_mix
+    keys = _valid_pair_keys(seed, batch)
+    flat = np.flatnonzero(valid.reshape(-1))
+    want = flat[np.lexsort((flat, keys[flat]))][:num_mix]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        idx1, idx2 = mx.sass_select(feats, num_mix, threshold, seed=seed)
+    finally:
+        torch.set_num_threads(previous)
+    assert (idx1 * batch + idx2).tolist() == want.tolist()
 
 
 # --- distributions -----------------------------------------------------------------------------
