@@ -389,7 +389,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sass_select_forward_kernel(
                            static_cast<scalar_t>(threshold), seed, idx1.data_ptr<int64_t>(),
                            idx2.data_ptr<int64_t>());
     scalar_t* lam0_ptr = lam0.data_ptr<scalar_t>();
-    at::parallel_for(0, num_mix, 256, [&](int64_t begin, int64_t end) {
+    // ~0.1 us per Beta draw: from 32 draws on two threads (K = 64: sass_select 47 -> 44 us).
+    at::parallel_for(0, num_mix, 16, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k)
         lam0_ptr[k] = static_cast<scalar_t>(beta_sample(alpha, seed, static_cast<uint64_t>(k)));
     });
