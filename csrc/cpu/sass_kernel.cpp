@@ -72,15 +72,14 @@ void normalise_similarity_kernel(at::Tensor& gram, int64_t num_modalities) {
 // Gram products by msmix's own dot products below this many rows, by tiled GEMMs from it.
 constexpr int64_t kMinTiledBatch = 256;
 
-// The upper triangle (with the diagonal) of G_n = X_n X_n^T for every x of
-// xs (all [B, width_n]) into grams (N B^2 contiguous elements, G_n from
-// element n B^2), the same bits for any
-// number of threads (design.md, "Determinism"); entries below the diagonal may
-// be written too, and are never read. (One at::mm would do, but the BLAS's
-// split of the rows among threads changes its last bits.) All N in one
-// parallel region: at small B each region's start and its threads' uneven
-// finish cost as much as a Gram matrix (similarity of 3 x [64, 128], 2 threads:
-// 28.8 -> 27.0 us).
+// The upper triangle (with the diagonal) of G_n = X_n X_n^T for each of the N
+// tensors xs[n] [B, width_n] into grams (N B^2 contiguous elements, G_n from
+// element n B^2), the same bits for any number of threads (design.md,
+// "Determinism"); entries below the diagonal may be written too, and are never
+// read. (One at::mm would do, but the BLAS's split of the rows among threads
+// changes its last bits.) All N in one parallel region: at small B a region's
+// start and its threads' uneven finish cost about as much as a Gram matrix
+// (similarity of 3 x [64, 128], 2 threads: 28.8 -> 27.0 us).
 //
 // Below kMinTiledBatch rows: msmix's own dot products (row_loops.h), two rows
 // of G per task, the tasks folded so that each thread's contiguous share holds
