@@ -65,7 +65,7 @@ FusedGrads fused_mix_backward_kernel(at::TensorList grad_feats_out, const at::Te
       grad_feats_out, grad_labels_out, need_intensities ? feats : at::TensorList(),
       need_intensities ? labels : grad_labels_out.new_empty({0}), idx1, idx2, lam, lam_label,
       {need_feats, need_labels, need_intensities, need_intensities});
-  at::Tensor grad_intensities = lam.new_empty({0});
+  at::Tensor grad_intensities;  // [0] when not needed
   const bool on_cuda = grad_labels_out.is_cuda();
 #ifndef MSMIX_WITH_CUDA
   TORCH_CHECK(!on_cuda, "fused_mix_backward: msmix_ext was built without its CUDA kernels");
@@ -88,6 +88,8 @@ FusedGrads fused_mix_backward_kernel(at::TensorList grad_feats_out, const at::Te
 #endif
     if (!on_cuda)
       grad_intensities = mix_ratios_backward_cpu(grad_lam_total, grad_lam_label_total, intensities, idx1, idx2);
+  } else {
+    grad_intensities = lam.new_empty({0});
   }
   return {std::move(grad_feats), grad_labels, grad_intensities};
 }

@@ -9,6 +9,11 @@
 
 namespace msmix {
 
+// t in dtype: t itself when it already is (Tensor::to would still cost a dispatch).
+inline at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
+}
+
 // lam [M, K] and lam_label [K] in the intensities' dtype, bitwise equal to
 // msmix_ext.ratios.mix_ratios(intensities, idx1, idx2, lam0).
 std::tuple<at::Tensor, at::Tensor> mix_ratios_cpu(const at::Tensor& intensities, const at::Tensor& idx1,

@@ -178,11 +178,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> mix_back
                      need_feats ? &grad_x : nullptr, need_lam ? &grad_lam : nullptr);
     if (need_feats) grad_feats.push_back(grad_x);
   }
-  at::Tensor grad_labels = at::empty({0}, grad_labels_out.options());
+  at::Tensor grad_labels;  // allocated by mix_one_backward when needed, else [0]
   at::Tensor grad_lam_label = at::empty({need_lam_label ? num_mix : 0}, lam_label.options());
   if (need_labels || need_lam_label)
     mix_one_backward(grad_labels_out, labels, i1, i2, lam_label_c, 0, inverse,
                      need_labels ? &grad_labels : nullptr, need_lam_label ? &grad_lam_label : nullptr);
+  if (!need_labels) grad_labels = at::empty({0}, grad_labels_out.options());
   return {grad_feats, grad_labels, grad_lam, grad_lam_label};
 }
 

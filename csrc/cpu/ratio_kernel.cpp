@@ -57,7 +57,7 @@ void mix_ratios_backward_kernel(const scalar_t* grad_lam, const scalar_t* grad_l
 std::tuple<at::Tensor, at::Tensor> mix_ratios_cpu(const at::Tensor& intensities, const at::Tensor& idx1,
                                                   const at::Tensor& idx2, const at::Tensor& lam0) {
   const at::Tensor source = intensities.contiguous();
-  const at::Tensor base = lam0.to(source.scalar_type()).contiguous();  // lam0.to(w.dtype)
+  const at::Tensor base = in_dtype(lam0, source.scalar_type()).contiguous();  // lam0.to(w.dtype)
   const int64_t num_modalities = source.size(0), batch = source.size(1), num_mix = idx1.size(0);
   at::Tensor lam = at::empty({num_modalities, num_mix}, source.options());
   at::Tensor lam_label = at::empty({num_mix}, source.options());
@@ -75,8 +75,8 @@ at::Tensor mix_ratios_backward_cpu(const at::Tensor& grad_lam, const at::Tensor&
                                    const at::Tensor& intensities, const at::Tensor& idx1,
                                    const at::Tensor& idx2) {
   const at::Tensor source = intensities.contiguous();
-  const at::Tensor g_lam = grad_lam.to(source.scalar_type()).contiguous();
-  const at::Tensor g_label = grad_lam_label.to(source.scalar_type()).contiguous();
+  const at::Tensor g_lam = in_dtype(grad_lam, source.scalar_type()).contiguous();
+  const at::Tensor g_label = in_dtype(grad_lam_label, source.scalar_type()).contiguous();
   at::Tensor grad = at::empty_like(source);
   if (source.numel() == 0) return grad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(), "mix_ratios_backward", [&] {
@@ -91,8 +91,8 @@ at::Tensor mix_ratios_backward_cpu(const at::Tensor& grad_lam, const at::Tensor&
 void add_picked_label_grads_cpu(at::Tensor& grad_labels, const at::Tensor& grad_labels1,
                                 const at::Tensor& grad_labels2, const at::Tensor& idx1,
                                 const at::Tensor& idx2) {
-  const at::Tensor g1 = grad_labels1.to(grad_labels.scalar_type()).contiguous();
-  const at::Tensor g2 = grad_labels2.to(grad_labels.scalar_type()).contiguous();
+  const at::Tensor g1 = in_dtype(grad_labels1, grad_labels.scalar_type()).contiguous();
+  const at::Tensor g2 = in_dtype(grad_labels2, grad_labels.scalar_type()).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_labels.scalar_type(), "fused_mix_backward", [&] {
     add_picked_label_grads<scalar_t>(grad_labels.data_ptr<scalar_t>(), g1.data_ptr<scalar_t>(),
                                      g2.data_ptr<scalar_t>(), idx1.contiguous().data_ptr<int64_t>(),

@@ -108,8 +108,8 @@ void upper_grams(const std::vector<at::Tensor>& xs, const at::Tensor& grams) {
       int64_t widest = 0;
       for (const at::Tensor& x : xs) widest = std::max(widest, x.size(1));
       // Written by a first chunk before any read, so left uninitialised.
-      const at::Tensor lanes = at::empty({chunk_width < widest ? plane * kLanes : 0}, grams.options());
-      scalar_t* lanes_data = lanes.mutable_data_ptr<scalar_t>();
+      const at::Tensor lanes = chunk_width < widest ? at::empty({plane * kLanes}, grams.options()) : at::Tensor();
+      scalar_t* lanes_data = lanes.defined() ? lanes.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* out = grams.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, num_tasks, grain, [&](int64_t begin, int64_t end) {
         for (int64_t n = 0; n < num_grams; ++n) {

@@ -77,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> mix_ratios_cuda(const at::Tensor& intensities
                                                    const at::Tensor& idx2, const at::Tensor& lam0) {
   const c10::cuda::CUDAGuard guard(intensities.device());
   const at::Tensor source = intensities.contiguous();
-  const at::Tensor base = lam0.to(source.scalar_type()).contiguous();
+  const at::Tensor base = in_dtype(lam0, source.scalar_type()).contiguous();
   const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
   const int64_t num_modalities = source.size(0), batch = source.size(1), num_mix = idx1.size(0);
   at::Tensor lam = at::empty({num_modalities, num_mix}, source.options());
@@ -98,8 +98,8 @@ at::Tensor mix_ratios_backward_cuda(const at::Tensor& grad_lam, const at::Tensor
                                     const at::Tensor& idx2) {
   const c10::cuda::CUDAGuard guard(intensities.device());
   const at::Tensor source = intensities.contiguous();
-  const at::Tensor g_lam = grad_lam.to(source.scalar_type()).contiguous();
-  const at::Tensor g_label = grad_lam_label.to(source.scalar_type()).contiguous();
+  const at::Tensor g_lam = in_dtype(grad_lam, source.scalar_type()).contiguous();
+  const at::Tensor g_label = in_dtype(grad_lam_label, source.scalar_type()).contiguous();
   const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
   at::Tensor grad = at::empty_like(source);
   if (source.numel() == 0) return grad;
@@ -119,8 +119,8 @@ void add_picked_label_grads_cuda(at::Tensor& grad_labels, const at::Tensor& grad
                                  const at::Tensor& grad_labels2, const at::Tensor& idx1,
                                  const at::Tensor& idx2) {
   const c10::cuda::CUDAGuard guard(grad_labels.device());
-  const at::Tensor g1 = grad_labels1.to(grad_labels.scalar_type()).contiguous();
-  const at::Tensor g2 = grad_labels2.to(grad_labels.scalar_type()).contiguous();
+  const at::Tensor g1 = in_dtype(grad_labels1, grad_labels.scalar_type()).contiguous();
+  const at::Tensor g2 = in_dtype(grad_labels2, grad_labels.scalar_type()).contiguous();
   const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
   if (idx1.size(0) == 0) return;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
