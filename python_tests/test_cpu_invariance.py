@@ -164,21 +164,29 @@ def dot_lanes(x: torch.Tensor) -> torch.Tensor:
     return lanes[..., 0]
 
 
-@pytest.mark.parametrize("batch,width", [(32, 64), (33, 67), (40, 1029), (100, 203)])
+@pytest.mark.parametrize("modalities", [1, 2])
+@pytest.mark.parametrize("batch,width", [(32, 64), (33, 67), (40, 1029), (100, 203), (32, 4133)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_similarity_sums_in_the_documented_order(batch, width, dtype):
-    # One modality of rows at least 2B wide takes the Gram products of the unscaled rows
+def test_similarity_sums_in_the_documented_order(batch, width, dtype, modalities):
+    # Modalities of rows at least 2B wide take the Gram products of the unscaled rows
     # (design.md §4.2); on any CPU (baseline or AVX2 clone) S' must equal that formula
-    # evaluated op by op here, bit for bit.
-    x = torch.randn(batch, width, generator=torch.Generator().manual_seed(width), dtype=torch.float64).to(dtype)
-    gram = dot_lanes(x)
-    # Correctly rounded square roots (torch.sqrt of float32 was not, in 16% of a test here),
-    # then one IEEE division each.
-    norm = torch.tensor([math.sqrt(v) for v in gram.diagonal().tolist()], dtype=torch.float64).to(dtype)
-    inverse_norm = torch.ones_like(norm) / norm.clamp_min(1e-12)
-    s = gram * inverse_norm[:, None] * inverse_norm[None, :]
+    # evaluated op by op here, bit for bit: S = (sum_m G_m,ij r_m,i r_m,j in order of m) / M.
+    # Two modalities share one parallel region of Gram products; width 4133 at B = 32 is
+    # summed in k chunks (csrc/cpu/sass_kernel.cpp kChunkBytes) whose lanes wait in between.
+    g = torch.Generator().manual_seed(width)
+    xs = [torch.randn(batch, width, generator=g, dtype=torch.float64).to(dtype) for _ in range(modalities)]
+    s = None
+    for x in xs:
+        gram = dot_lanes(x)
+        # Correctly rounded square roots (torch.sqrt of float32 was not, in 16% of a test
+        # here), then one IEEE division each.
+        norm = torch.tensor([math.sqrt(v) for v in gram.diagonal().tolist()], dtype=torch.float64).to(dtype)
+        inverse_norm = torch.ones_like(norm) / norm.clamp_min(1e-12)
+        term = gram * inverse_norm[:, None] * inverse_norm[None, :]
+        s = term if s is None else s + term
+    s = s / modalities
     upper = torch.triu(torch.ones(batch, batch, dtype=torch.bool), diagonal=1)
     lo, hi = s[upper].min(), s[upper].max()
     expected = ((s - lo) / (hi - lo)).triu(diagonal=1)
     expected = expected + expected.T
-    assert torch.equal(mx.similarity([x]), expected)
+    assert torch.equal(mx.similarity(xs), expected)

@@ -135,6 +135,7 @@ void upper_grams(const std::vector<at::Tensor>& xs, const at::Tensor& grams) {
   }
   const int64_t tile = std::clamp<int64_t>((batch + 7) / 8, 64, 256);  // at least 4 row blocks
   const int64_t num_blocks = (batch + tile - 1) / tile, num_tiles = num_blocks * (num_blocks + 1) / 2;
+  const at::Tensor planes = grams.view({num_grams, batch, batch});
   at::parallel_for(0, num_grams * num_tiles, 1, [&](int64_t begin, int64_t end) {
     // On the pool's threads too (the guard in normalised_similarity is thread-local).
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -146,7 +147,7 @@ void upper_grams(const std::vector<at::Tensor>& xs, const at::Tensor& grams) {
       const int64_t cb = rb + t - first;
       const int64_t r0 = rb * tile, c0 = cb * tile;
       const int64_t rows = std::min(tile, batch - r0), cols = std::min(tile, batch - c0);
-      at::Tensor out = grams.view({num_grams, batch, batch}).select(0, n).narrow(0, r0, rows).narrow(1, c0, cols);
+      at::Tensor out = planes.select(0, n).narrow(0, r0, rows).narrow(1, c0, cols);
       at::mm_out(out, xs[n].narrow(0, r0, rows), xs[n].narrow(0, c0, cols).t());
     }
   });
