@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstring>
 
 #include "philox.h"
 
@@ -50,6 +51,22 @@ MSMIX_HOST_DEVICE int64_t fallback_extra_rank(uint64_t seed, int64_t r, int64_t 
   const int64_t rank = static_cast<int64_t>(bits_to_unit(bits.v[0], bits.v[1]) *
                                             static_cast<double>(num_candidates));
   return rank < num_candidates ? rank : num_candidates - 1;
+}
+
+// A key that orders similarities from largest to smallest (the fallback's
+// order, design.md §4.6): -0 ties with +0, and NaN (non-finite features on
+// CUDA) ranks after every number and before the all-ones key.
+MSMIX_HOST_DEVICE uint64_t descending_similarity_key(double s) {
+  if (s != s) return ~uint64_t{1};
+  if (s == 0.0) s = 0.0;
+#ifdef __CUDA_ARCH__
+  const uint64_t bits = static_cast<uint64_t>(__double_as_longlong(s));
+#else
+  uint64_t bits;
+  std::memcpy(&bits, &s, sizeof bits);
+#endif
+  const uint64_t ascending = (bits >> 63) != 0 ? ~bits : bits | (uint64_t{1} << 63);
+  return ~ascending;
 }
 
 // Strict order of priority keys, ties broken by the smaller flat index.

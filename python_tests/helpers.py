@@ -128,12 +128,17 @@ def general_position_cases():
     # B = 12: the 66 unordered pairs evenly spread, S' = k / 65 for k = 0..65.
     small = features_with_cosines(arranged_cosines(torch.linspace(-0.08, 0.08, 66, dtype=torch.float64), seed=1),
                                   [(16,), (3, 8)], seed=2)
-    # B = 96 (several Gram tiles, a B*B sort beyond 4096): three bands of unordered pairs,
+    # B = 96 (several Gram tiles, CUDA's one-block draw): three bands of unordered pairs,
     # S' in [0, 0.6] (4340 pairs), [0.7, 0.85] (200) and [0.95, 1] (20).
     c = 0.9 / 95
     bands = torch.cat([torch.linspace(lo * c, hi * c, n, dtype=torch.float64)
                        for lo, hi, n in [(-1, 0.2, 4340), (0.4, 0.7, 200), (0.9, 1, 20)]])
     large = features_with_cosines(arranged_cosines(bands, seed=3), [(128,), (4, 30), (100,)], seed=4)
+    # B = 300 (beyond CUDA's one-block draw, so the sort path): the same three bands.
+    c = 0.9 / 299
+    bands = torch.cat([torch.linspace(lo * c, hi * c, n, dtype=torch.float64)
+                       for lo, hi, n in [(-1, 0.2, 44230), (0.4, 0.7, 600), (0.9, 1, 20)]])
+    larger = features_with_cosines(arranged_cosines(bands, seed=5), [(320,), (4, 80), (300,)], seed=6)
     return {
         # 2 * 33 pairs above 0.5 (= 32.5 / 65): K = 40 drawn from V
         "B=12 valid": (small, 0.5, 40, "valid"),
@@ -144,4 +149,7 @@ def general_position_cases():
         "B=96 valid": (large, 0.65, 96, "valid"),
         # 2 * 20 pairs above 0.9 < K = 110: the top 220 candidates are exactly the top two bands
         "B=96 fallback": (large, 0.9, 110, "fallback"),
+        "B=300 valid": (larger, 0.65, 300, "valid"),
+        # 2 * 20 pairs above 0.9 < K = 310: the top 620 candidates are exactly the top two bands
+        "B=300 fallback": (larger, 0.9, 310, "fallback"),
     }

@@ -5,17 +5,20 @@
 // its last bits: the CPU and this kernel sum the products in different orders).
 //
 // Nothing is read back to the host: the number of valid pairs stays on the
-// device, both the valid-pair draw and the fallback draw are prepared, and
-// the last kernel picks one. Output shapes depend on K alone, so a training
-// step that calls sass_select can be captured in a CUDA graph.
+// device, and output shapes depend on K alone, so a training step that calls
+// sass_select can be captured in a CUDA graph.
 //
-// Launches per call. similarity: M row normalisations (one per modality of
-// non-zero width) + Gram + reduction + normalisation = M + 3.
-// sass_select: M + Gram + reduction + pair keys + fallback keys + selection =
-// M + 5, plus three at::sort calls: one over the two rows of B*B pair keys,
-// two over the C = min(2K, B(B-1)/2) fallback candidates. A sort of rows up
-// to 4096 long is 3 launches (M + 14 in all for B <= 64 and C <= 4096);
-// longer rows take a cub radix sort, about a dozen launches.
+// Two draws, with the same result:
+// - Up to kBlockDrawMaxPairs ordered pairs (B <= 256) and K <= kBlockDrawMaxMix,
+//   one block does the whole draw (block_draw.h: radix selection of the K
+//   smallest keys, no sort of B^2 keys), right after the Gram kernel.
+//   sass_select: 3 launches (row normalisation, Gram, draw) for M <= 8.
+// - Larger batches: pair keys and fallback keys of all B^2 pairs, one at::sort
+//   over both rows, a sort and a key kernel for the fallback candidates, and a
+//   selection kernel; both the valid draw and the fallback are prepared and the
+//   last kernel picks one. sass_select: 5 kernels + 3 sorts of rows over 65536
+//   keys (a cub radix sort each, about a dozen launches).
+// similarity: row normalisation, Gram, reduction, normalisation = 4 launches.
 //
 // S = Z Z^T is a hand-written Gram kernel rather than at::mm: its sums run in
 // a fixed order (deterministic without CUBLAS_WORKSPACE_CONFIG, which at::mm
@@ -42,6 +45,7 @@
 #include "../checks.h"
 #include "../rows.h"
 #include "../sass_math.h"
+#include "block_draw.h"
 #include "cuda_common.cuh"
 
 namespace msmix {
@@ -59,6 +63,12 @@ constexpr int kGramThreads = 256;            // 16 x 16 threads, 4 x 4 outputs e
 constexpr int64_t kGramTargetBlocks = 512;   // split the columns up to about this many blocks
 constexpr int64_t kGramMinColumns = 256;     // but give every split at least this many columns
 constexpr int64_t kExcludedKey = std::numeric_limits<int64_t>::max();
+constexpr int kMaxRowSources = 8;            // modalities normalised per launch
+// The one-block draw: up to B = 256 and K = 65536 (a guess to be measured on
+// a GPU: where one block's pass over the pairs stops beating a grid and sorts).
+constexpr int kDrawThreads = block_draw::kMaxThreads;
+constexpr int64_t kBlockDrawMaxPairs = 65536;
+constexpr int64_t kBlockDrawMaxMix = 65536;
 
 int64_t grid_for(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>(ceil_div(n, kThreads), kMaxGridBlocks));
@@ -86,21 +96,6 @@ __device__ __forceinline__ int64_t ordered_key(uint64_t key) {
   return static_cast<int64_t>(key ^ (uint64_t{1} << 63));
 }
 
-// Sort key that orders similarities from largest to smallest: -0 ties with
-// +0 (they compare equal on the CPU), NaN (non-finite features) ranks after
-// every number, and every key stays below kExcludedKey.
-__device__ __forceinline__ int64_t descending_key(double s) {
-  uint64_t ascending;
-  if (isnan(s)) {
-    ascending = 1;  // below -inf, whose ascending code is 0x000FFFFFFFFFFFFF
-  } else {
-    if (s == 0.0) s = 0.0;
-    const uint64_t bits = static_cast<uint64_t>(__double_as_longlong(s));
-    ascending = (bits >> 63) != 0 ? ~bits : bits | (uint64_t{1} << 63);
-  }
-  return static_cast<int64_t>(~ascending ^ (uint64_t{1} << 63));
-}
-
 // normalise_similarity of sass_math.h, except that NaN (a sample with
 // non-finite features) stays NaN even when every other entry is NaN too.
 template <typename acc_t>
@@ -124,15 +119,24 @@ __device__ void reduce_bounds(const acc_t* bounds, int64_t count, acc_t* shared,
   hi = block_reduce(hi, gpu::MaxOp<acc_t>(), -kInf, shared);
 }
 
-// One block per row: the row divided by its largest magnitude, then by the
-// norm of that, so large fp16/bf16/fp32 values cannot overflow the sum of
-// squares (as on the CPU). Written into z at the modality's column offset.
+// Up to kMaxRowSources modalities of non-zero width: their rows and where
+// they start in z.
+template <typename scalar_t>
+struct RowSources {
+  const scalar_t* rows[kMaxRowSources];
+  int64_t width[kMaxRowSources];
+  int64_t column[kMaxRowSources];
+};
+
+// Block (b, m): row b of modality m divided by its largest magnitude, then by
+// the norm of that, so large fp16/bf16/fp32 values cannot overflow the sum of
+// squares (as on the CPU). Written into z at the modality's columns.
 template <typename scalar_t, typename acc_t>
-__global__ void normalise_rows_kernel(const scalar_t* __restrict__ src, int64_t width,
-                                      acc_t* __restrict__ z, int64_t z_width) {
+__global__ void normalise_rows_kernel(RowSources<scalar_t> sources, acc_t* __restrict__ z, int64_t z_width) {
   __shared__ acc_t shared[kWarpSize + 1];
-  const scalar_t* x = src + static_cast<int64_t>(blockIdx.x) * width;
-  acc_t* out = z + static_cast<int64_t>(blockIdx.x) * z_width;
+  const int64_t width = sources.width[blockIdx.y];
+  const scalar_t* x = sources.rows[blockIdx.y] + static_cast<int64_t>(blockIdx.x) * width;
+  acc_t* out = z + static_cast<int64_t>(blockIdx.x) * z_width + sources.column[blockIdx.y];
   acc_t max_abs = 0;
   bool finite = true;
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
@@ -303,7 +307,8 @@ __global__ void pair_keys_kernel(const acc_t* s, const acc_t* bounds, int64_t nu
       if (random_key == std::numeric_limits<uint64_t>::max()) ++valid_all_ones;
     }
     valid_keys[flat] = key;
-    fallback_keys[flat] = i < j ? descending_key(static_cast<double>(similarity)) : kExcludedKey;
+    fallback_keys[flat] =
+        i < j ? ordered_key(descending_similarity_key(static_cast<double>(similarity))) : kExcludedKey;
   }
   valid = block_reduce(valid, gpu::SumOp<int64_t>(), int64_t{0}, shared_count);
   valid_all_ones = block_reduce(valid_all_ones, gpu::SumOp<int64_t>(), int64_t{0}, shared_count);
@@ -393,43 +398,78 @@ __global__ void select_pairs_kernel(
   }
 }
 
-// S before its min-max normalisation, with the per-block bounds of its
-// off-diagonal.
-struct RawSimilarity {
-  at::Tensor s;       // [B, B]: (1/M) sum_m z_m z_m^T in the accumulate dtype
-  at::Tensor bounds;  // [num_bounds, 2]: per-block (min, max) of the off-diagonal
-  int64_t num_bounds;
+// The drawing block: block_draw.h's phases separated by the block's barriers.
+struct BlockExec {
+  __device__ int threads() const { return static_cast<int>(blockDim.x); }
+  template <typename F>
+  __device__ void each(F f) const {
+    f(static_cast<int>(threadIdx.x));
+    __syncthreads();
+  }
+  template <typename F>
+  __device__ void single(F f) const {
+    if (threadIdx.x == 0) f();
+    __syncthreads();
+  }
+  __device__ static uint32_t atomic_inc(uint32_t* p) { return atomicAdd(p, 1u); }
 };
 
-RawSimilarity raw_similarity(at::TensorList feats) {
+template <typename acc_t>
+__global__ void __launch_bounds__(kDrawThreads)
+    draw_pairs_block_kernel(block_draw::DrawArgs<acc_t> args, SeedArg seed_arg) {
+  __shared__ block_draw::DrawShared<acc_t> shared;
+  args.seed = seed_arg.get();
+  BlockExec exec;
+  block_draw::draw_pairs(exec, shared, args);
+}
+
+// The Gram sums of the normalised rows z [B, sum of widths]: partial[split] =
+// z[:, cols] z[:, cols]^T over the split's columns, [splits, B, B].
+struct GramSums {
+  at::Tensor partial;
+  int64_t splits;
+};
+
+GramSums gram_sums(at::TensorList feats) {
   const int64_t batch = feats[0].size(0);
   const auto acc_options = feats[0].options().dtype(accumulate_type(feats[0].scalar_type()));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   std::vector<at::Tensor> rows;
-  int64_t total_width = 0;
+  int64_t total_width = 0, max_width = 0;
   for (const at::Tensor& f : feats) {
     rows.push_back(contiguous_rows(f));
     total_width += rows.back().size(1);
+    max_width = std::max(max_width, rows.back().size(1));
   }
   at::Tensor z = at::empty({batch, total_width}, acc_options);
-  int64_t offset = 0;
-  for (const at::Tensor& r : rows) {
-    const int64_t width = r.size(1);
-    if (width > 0) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.scalar_type(), "msmix_normalise_rows", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        normalise_rows_kernel<scalar_t, acc_t>
-            <<<static_cast<unsigned>(batch), gpu::row_threads(width), 0, stream>>>(
-                r.const_data_ptr<scalar_t>(), width, z.mutable_data_ptr<acc_t>() + offset,
-                total_width);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows[0].scalar_type(), "msmix_normalise_rows", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    RowSources<scalar_t> sources{};
+    int count = 0;
+    int64_t column = 0;
+    auto launch = [&] {
+      if (count == 0) return;
+      const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>(count));
+      normalise_rows_kernel<scalar_t, acc_t><<<grid, gpu::row_threads(max_width), 0, stream>>>(
+          sources, z.mutable_data_ptr<acc_t>(), total_width);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      count = 0;
+    };
+    for (const at::Tensor& r : rows) {
+      const int64_t width = r.size(1);
+      if (width > 0) {  // a modality of zero width adds nothing to S
+        sources.rows[count] = r.const_data_ptr<scalar_t>();
+        sources.width[count] = width;
+        sources.column[count] = column;
+        if (++count == kMaxRowSources) launch();
+      }
+      column += width;
     }
-    offset += width;
-  }
+    launch();
+  });
 
   // Split the columns so that small batches with wide rows still fill the GPU;
-  // the splits are summed in a fixed order by similarity_reduce_kernel.
+  // the splits are summed in a fixed order by the reduction or the draw.
   const int64_t num_tiles = ceil_div(batch, kGramTile);
   const int64_t tile_pairs = num_tiles * (num_tiles + 1) / 2;
   int64_t splits = 1, chunk = kGramDepth;
@@ -441,22 +481,71 @@ RawSimilarity raw_similarity(at::TensorList feats) {
   }
   TORCH_CHECK(tile_pairs <= std::numeric_limits<int32_t>::max(), "similarity: batch of ", batch,
               " is too large");
-  at::Tensor s = at::empty({batch, batch}, acc_options);
-  at::Tensor partial = splits == 1 ? s : at::empty({splits, batch, batch}, acc_options);
-  const int64_t num_bounds = grid_for(batch * batch);
-  at::Tensor bounds = at::empty({num_bounds, 2}, acc_options);
-  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "msmix_similarity", [&] {
+  at::Tensor partial = at::empty({splits, batch, batch}, acc_options);
+  AT_DISPATCH_FLOATING_TYPES(partial.scalar_type(), "msmix_similarity", [&] {
     const dim3 gram_grid(static_cast<unsigned>(tile_pairs), static_cast<unsigned>(splits));
     gram_partial_kernel<scalar_t><<<gram_grid, kGramThreads, 0, stream>>>(
         z.const_data_ptr<scalar_t>(), batch, total_width, chunk, num_tiles,
         partial.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return GramSums{partial, splits};
+}
+
+// S before its min-max normalisation, with the per-block bounds of its
+// off-diagonal.
+struct RawSimilarity {
+  at::Tensor s;       // [B, B]: (1/M) sum_m z_m z_m^T in the accumulate dtype
+  at::Tensor bounds;  // [num_bounds, 2]: per-block (min, max) of the off-diagonal
+  int64_t num_bounds;
+};
+
+RawSimilarity raw_similarity(at::TensorList feats) {
+  const int64_t batch = feats[0].size(0);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const GramSums sums = gram_sums(feats);
+  // One split: S is reduced in place (each element read, then written, by one thread).
+  at::Tensor s = sums.splits == 1 ? sums.partial.view({batch, batch}) : at::empty({batch, batch}, sums.partial.options());
+  const int64_t num_bounds = grid_for(batch * batch);
+  at::Tensor bounds = at::empty({num_bounds, 2}, s.options());
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "msmix_similarity", [&] {
     similarity_reduce_kernel<scalar_t><<<static_cast<unsigned>(num_bounds), kThreads, 0, stream>>>(
-        partial.const_data_ptr<scalar_t>(), splits, batch, static_cast<scalar_t>(feats.size()),
+        sums.partial.const_data_ptr<scalar_t>(), sums.splits, batch, static_cast<scalar_t>(feats.size()),
         s.mutable_data_ptr<scalar_t>(), bounds.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return RawSimilarity{s, bounds, num_bounds};
+}
+
+// The whole draw in one block after the Gram kernel (block_draw.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_draw_pairs(at::TensorList feats, int64_t num_mix,
+                                                                double threshold, const SeedArg& seed,
+                                                                double alpha) {
+  const int64_t batch = feats[0].size(0), num_pairs = batch * batch;
+  const auto index_options = feats[0].options().dtype(at::kLong);
+  const GramSums sums = gram_sums(feats);
+  const int64_t capacity = block_draw::sort_capacity(std::max(num_mix, fallback_candidates(num_mix, batch)));
+  // Row 0: keys (uint64 in int64 storage), row 1: flat indices; items, ranked, chosen.
+  at::Tensor scratch = at::empty({2, num_pairs + 2 * capacity}, index_options);
+  int64_t* keys = scratch.mutable_data_ptr<int64_t>();
+  int64_t* flats = keys + scratch.size(1);
+  auto list = [&](int64_t begin) {
+    return block_draw::KeyedList{reinterpret_cast<uint64_t*>(keys + begin), flats + begin};
+  };
+  const block_draw::DrawScratch lists{list(0), list(num_pairs), list(num_pairs + capacity), capacity};
+  at::Tensor idx1 = at::empty({num_mix}, index_options);
+  at::Tensor idx2 = at::empty({num_mix}, index_options);
+  at::Tensor lam0 = at::empty({num_mix}, sums.partial.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(sums.partial.scalar_type(), "msmix_draw_pairs", [&] {
+    const block_draw::DrawArgs<scalar_t> args{
+        sums.partial.mutable_data_ptr<scalar_t>(), sums.splits, static_cast<scalar_t>(feats.size()), batch,
+        num_mix, static_cast<scalar_t>(threshold), 0, alpha, lists, idx1.mutable_data_ptr<int64_t>(),
+        idx2.mutable_data_ptr<int64_t>(), lam0.mutable_data_ptr<scalar_t>()};
+    draw_pairs_block_kernel<scalar_t><<<1, kDrawThreads, 0, stream>>>(args, seed);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {idx1, idx2, lam0};
 }
 
 at::Tensor similarity_forward_kernel(at::TensorList feats) {
@@ -490,6 +579,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sass_select_forward_kernel(
   const auto index_options = feats[0].options().dtype(at::kLong);
   const SeedArg seed = make_seed_arg(seed_tensor);
   const int64_t num_pairs = batch * batch;
+  if (num_pairs <= kBlockDrawMaxPairs && num_mix <= kBlockDrawMaxMix)
+    return block_draw_pairs(feats, num_mix, threshold, seed, alpha);
 
   RawSimilarity sim = raw_similarity(feats);
   // Row 0: valid-pair keys, row 1: fallback keys; one sort call orders both.

@@ -1,0 +1,223 @@
+// The CUDA small-batch pair draw (csrc/cuda/block_draw.h) run on the CPU by a
+// sequential executor, against independent computations: its radix selection
+// against std::sort, and its whole draw against the CPU operator's
+// msmix::sass_select, bit for bit, on the CPU's own S'. What this cannot see
+// (the barriers and atomics of a real block) the CUDA tests check on a GPU.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "../cuda/block_draw.h"
+
+namespace {
+
+using namespace msmix::block_draw;
+
+int failures = 0;
+
+void expect(bool ok, const std::string& what) {
+  if (!ok) std::cout << "FAIL " << what << "\n";
+  failures += ok ? 0 : 1;
+}
+
+// One block of `threads` threads, run one thread after another per phase.
+// Within a phase the threads share nothing but atomic_inc, so this order is as
+// good as any a GPU would take (and a phase that broke that rule would give a
+// draw that depends on it, which the comparisons below would catch only by
+// luck: the GPU tests remain the check of the real barriers).
+struct SequentialExec {
+  int num_threads;
+  int threads() const { return num_threads; }
+  template <typename F>
+  void each(F f) const {
+    for (int t = 0; t < num_threads; ++t) f(t);
+  }
+  template <typename F>
+  void single(F f) const {
+    f();
+  }
+  static uint32_t atomic_inc(uint32_t* p) { return (*p)++; }
+};
+
+struct ListStorage {
+  std::vector<uint64_t> key;
+  std::vector<int64_t> flat;
+  explicit ListStorage(int64_t n) : key(n), flat(n) {}
+  KeyedList list() { return KeyedList{key.data(), flat.data()}; }
+};
+
+// select_smallest against a full sort, over sizes, counts, thread counts and
+// keys drawn from narrow ranges (many equal keys, so the flat digits decide).
+void test_select_smallest() {
+  std::mt19937_64 rng(1);
+  int cases = 0;
+  for (int threads : {1, 32, 100, 512}) {
+    for (int64_t size : {1, 2, 7, 256, 1000, 4099}) {
+      for (uint64_t key_range : {uint64_t{1}, uint64_t{3}, uint64_t{300}, ~uint64_t{0}}) {
+        const int64_t flat_bound = size * 3 + 5;
+        std::vector<std::pair<uint64_t, int64_t>> items;
+        std::vector<int64_t> flats(flat_bound);
+        for (int64_t f = 0; f < flat_bound; ++f) flats[f] = f;
+        std::shuffle(flats.begin(), flats.end(), rng);
+        for (int64_t i = 0; i < size; ++i) {
+          const uint64_t raw = rng();
+          // The top of the key range too: all-ones keys must sort like any other.
+          const uint64_t key = key_range == ~uint64_t{0} ? raw : ~uint64_t{0} - raw % key_range;
+          items.emplace_back(key, flats[i]);
+        }
+        std::vector<std::pair<uint64_t, int64_t>> sorted = items;
+        std::sort(sorted.begin(), sorted.end());
+        for (int64_t count : {int64_t{1}, size / 2 + 1, size}) {
+          ListStorage in(size), out(sort_capacity(count));
+          for (int64_t i = 0; i < size; ++i) {
+            in.key[i] = items[i].first;
+            in.flat[i] = items[i].second;
+          }
+          DrawShared<float> shared;
+          SequentialExec exec{threads};
+          select_smallest(exec, shared, in.list(), size, count, flat_bound, out.list());
+          bool ok = true;
+          for (int64_t k = 0; k < count; ++k)
+            ok = ok && out.key[k] == sorted[k].first && out.flat[k] == sorted[k].second;
+          std::ostringstream what;
+          what << "select_smallest: threads " << threads << ", size " << size << ", count " << count
+               << ", key range " << key_range;
+          expect(ok, what.str());
+          ++cases;
+        }
+      }
+    }
+  }
+  std::cout << "ok   select_smallest equals a full sort (" << cases << " cases)\n";
+}
+
+using SassOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(at::TensorList, int64_t, double,
+                                                             const at::Tensor&, double);
+
+// The block draw on S' (M = 1, one split: S = S', whose off-diagonal bounds
+// are 0 and 1, so the min-max step gives S' back bit for bit) against the CPU
+// operator's draw from the same features.
+template <typename acc_t>
+bool same_draw(const std::vector<at::Tensor>& feats, int64_t num_mix, double threshold, int64_t seed,
+               double alpha, int threads) {
+  static auto similarity = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("msmix::similarity", "")
+                               .typed<at::Tensor(at::TensorList)>();
+  static auto sass_select = c10::Dispatcher::singleton().findSchemaOrThrow("msmix::sass_select", "").typed<SassOp>();
+  const int64_t batch = feats[0].size(0);
+  at::Tensor s = similarity.call(feats).contiguous();
+  auto [idx1, idx2, lam0] = sass_select.call(feats, num_mix, threshold, at::tensor(seed), alpha);
+
+  const int64_t capacity = sort_capacity(std::max(num_mix, msmix::fallback_candidates(num_mix, batch)));
+  ListStorage items(batch * batch), ranked(capacity), chosen(capacity);
+  std::vector<int64_t> out1(num_mix, -1), out2(num_mix, -1);
+  std::vector<acc_t> out_lam0(num_mix);
+  DrawArgs<acc_t> args{s.data_ptr<acc_t>(), 1, acc_t(1), batch, num_mix, static_cast<acc_t>(threshold),
+                       static_cast<uint64_t>(seed), alpha,
+                       DrawScratch{items.list(), ranked.list(), chosen.list(), capacity},
+                       out1.data(), out2.data(), out_lam0.data()};
+  DrawShared<acc_t> shared;
+  SequentialExec exec{threads};
+  draw_pairs(exec, shared, args);
+
+  const auto as_tensor = [](const auto& v, at::ScalarType t) {
+    return at::from_blob(const_cast<void*>(static_cast<const void*>(v.data())), {static_cast<int64_t>(v.size())},
+                         at::TensorOptions().dtype(t))
+        .clone();
+  };
+  return at::equal(idx1, as_tensor(out1, at::kLong)) && at::equal(idx2, as_tensor(out2, at::kLong)) &&
+         at::equal(lam0, as_tensor(out_lam0, lam0.scalar_type()));
+}
+
+// Features of B samples in `clusters` groups: many similar pairs within a
+// group, few across, so thresholds pick from a few to most of the pairs.
+std::vector<at::Tensor> clustered_feats(int64_t batch, int64_t clusters, at::ScalarType dtype, int64_t seed) {
+  at::manual_seed(seed);
+  const at::Tensor group = at::randint(clusters, {batch}, at::kLong);
+  std::vector<at::Tensor> feats;
+  for (const std::vector<int64_t>& shape : {std::vector<int64_t>{batch, 16}, std::vector<int64_t>{batch, 3, 8}}) {
+    std::vector<int64_t> centre_shape = shape;
+    centre_shape[0] = clusters;
+    const at::Tensor centres = at::randn(centre_shape, at::kDouble);
+    feats.push_back((centres.index_select(0, group) + 0.4 * at::randn(shape, at::kDouble)).to(dtype));
+  }
+  return feats;
+}
+
+void test_draw_matches_cpu_operator() {
+  int cases = 0;
+  for (at::ScalarType dtype : {at::kFloat, at::kDouble}) {
+    for (int64_t batch : {2, 3, 12, 64, 97}) {
+      for (double threshold : {0.0, 0.4, 0.8, 0.99}) {
+        for (int64_t num_mix : {int64_t{1}, batch, 3 * batch, batch * batch + 5}) {
+          for (int threads : {32, 512}) {
+            const std::vector<at::Tensor> feats = clustered_feats(batch, 4, dtype, batch * 31 + num_mix);
+            const int64_t seed = (int64_t{1} << 40) + batch * 7 + threads;
+            const bool ok = dtype == at::kDouble ? same_draw<double>(feats, num_mix, threshold, seed, 2.0, threads)
+                                                 : same_draw<float>(feats, num_mix, threshold, seed, 0.5, threads);
+            std::ostringstream what;
+            what << "block draw == CPU sass_select: " << dtype << ", B " << batch << ", threshold " << threshold
+                 << ", K " << num_mix << ", threads " << threads;
+            expect(ok, what.str());
+            ++cases;
+          }
+        }
+      }
+    }
+  }
+  // Identical samples: every S' is 0.5, so the fallback ranks by flat index alone.
+  for (int64_t batch : {2, 9, 40}) {
+    const std::vector<at::Tensor> feats = {at::ones({batch, 5}), at::ones({batch, 2, 2})};
+    for (double threshold : {0.3, 0.7}) {
+      expect(same_draw<float>(feats, batch + 3, threshold, 11, 1.0, 64),
+             "block draw == CPU sass_select on identical samples, B " + std::to_string(batch));
+      ++cases;
+    }
+  }
+  std::cout << "ok   the block draw equals the CPU sass_select (" << cases << " cases)\n";
+}
+
+// S = (sum of the splits) / M, in split order, over the first split: what the
+// grid's similarity_reduce_kernel writes.
+void test_split_sums() {
+  at::manual_seed(3);
+  const int64_t batch = 20, num_mix = 10;
+  const at::Tensor parts = at::randn({3, batch, batch});
+  const at::Tensor expected = (parts[0] + parts[1] + parts[2]) / 2.0f;
+  at::Tensor partial = parts.clone();
+  const int64_t capacity = sort_capacity(2 * num_mix);
+  ListStorage items(batch * batch), ranked(capacity), chosen(capacity);
+  std::vector<int64_t> idx1(num_mix), idx2(num_mix);
+  std::vector<float> lam0(num_mix);
+  DrawArgs<float> args{partial.data_ptr<float>(), 3, 2.0f, batch, num_mix, 0.5f, 5, 2.0,
+                       DrawScratch{items.list(), ranked.list(), chosen.list(), capacity},
+                       idx1.data(), idx2.data(), lam0.data()};
+  DrawShared<float> shared;
+  SequentialExec exec{128};
+  draw_pairs(exec, shared, args);
+  const at::Tensor off = 1 - at::eye(batch);
+  const float lo = expected.masked_select(off.to(at::kBool)).min().item<float>();
+  const float hi = expected.masked_select(off.to(at::kBool)).max().item<float>();
+  expect(at::equal(partial[0], expected), "the splits are summed in order and divided by M");
+  expect(shared.lo == lo && shared.hi == hi, "the bounds are the min and max of the off-diagonal of S");
+  std::cout << "ok   split sums and bounds\n";
+}
+
+}  // namespace
+
+int main() {
+  test_select_smallest();
+  test_draw_matches_cpu_operator();
+  test_split_sums();
+  std::cout << (failures == 0 ? "all block-draw tests passed" : "block-draw tests failed") << "\n";
+  return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
