@@ -2,7 +2,8 @@
 
 Every CUDA kernel of msmix_ext runs at least once, on both of its paths where
 it has two (16-byte vectors and the scalar fallback; valid pairs and the
-fallback draw; one and several batches of inverse-index entries), with sizes
+fallback draw, in one block and past it; one and several batches of
+inverse-index entries), with sizes
 small enough that memcheck and racecheck finish in seconds:
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 bench/gpu_sanitize.py
@@ -88,6 +89,17 @@ def main() -> None:
     feats = [randn(2, 4, grad=False)]
     idx1, idx2 = mx.sass_select(feats, 9, 0.4, seed=4)
     assert bool((idx1 != idx2).all())
+
+    # 7. B = 260, past the one-block draw: the sort path (valid and fallback draws)
+    #    and the separate ratio kernel; then float64 intensities for float32
+    #    features at a small batch (the ratio kernel after the one-block draw).
+    feats = [randn(260, 24), randn(260, 2, 5)]
+    labels = torch.randn(260, generator=gen, device=dev)
+    for threshold in (0.4, 0.99):
+        out = mx.fused_mix(feats, labels, randn(2, 260), threshold=threshold, num_mix=300, seed=5)
+        (sum(f.sum() for f in out.feats) + out.labels.sum()).backward()
+    out = mx.fused_mix([f[:12] for f in feats], labels[:12], randn(2, 12, dtype=torch.float64), seed=6)
+    (sum(f.sum() for f in out.feats) + out.labels.sum()).backward()
 
     if dev.type == "cuda":
         torch.cuda.synchronize()

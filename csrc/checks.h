@@ -56,6 +56,15 @@ inline void check_indices(const at::Tensor& idx, const char* name, int64_t num_m
   check_same_device(idx, name, ref, op);
 }
 
+// labels [B, ...], floating, on the features' device `ref`.
+inline void check_labels(const at::Tensor& labels, int64_t batch, const at::Tensor& ref, const char* op) {
+  TORCH_CHECK(labels.dim() >= 1 && labels.size(0) == batch, op,
+              ": labels must be [B] or [B, ...] with B = ", batch, ", got ", labels.sizes());
+  TORCH_CHECK(is_supported_float(labels.scalar_type()), op,
+              ": labels must be a floating tensor, got ", labels.scalar_type());
+  check_same_device(labels, "labels", ref, op);
+}
+
 // Checks of the mixing op: labels [B, ...], idx1/idx2 int64 [K], lam [M, K],
 // lam_label [K] in one floating dtype.
 inline void check_mix_args(at::TensorList feats, const at::Tensor& labels, const at::Tensor& idx1,
@@ -63,11 +72,7 @@ inline void check_mix_args(at::TensorList feats, const at::Tensor& labels, const
                            const at::Tensor& lam_label, const char* op) {
   const int64_t batch = check_feats(feats, op);
   const int64_t num_modalities = static_cast<int64_t>(feats.size());
-  TORCH_CHECK(labels.dim() >= 1 && labels.size(0) == batch, op,
-              ": labels must be [B] or [B, ...] with B = ", batch, ", got ", labels.sizes());
-  TORCH_CHECK(is_supported_float(labels.scalar_type()), op,
-              ": labels must be a floating tensor, got ", labels.scalar_type());
-  check_same_device(labels, "labels", feats[0], op);
+  check_labels(labels, batch, feats[0], op);
   TORCH_CHECK(idx1.dim() == 1, op, ": idx1 must be [K], got ", idx1.sizes());
   const int64_t num_mix = idx1.size(0);
   check_indices(idx1, "idx1", num_mix, feats[0], op);

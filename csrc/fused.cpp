@@ -1,6 +1,7 @@
 // fused_mix: one operator call forward and one backward for the whole MS-Mix
 // call. The forward composes the sass_select and mix kernels of the device with
-// the ratio kernel of csrc/fused.h, without leaving C++; the autograd node is a
+// the ratio kernel of csrc/fused.h, without leaving C++ (on CUDA, small batches
+// get their pairs and ratios from one block instead); the autograd node is a
 // C++ autograd Function registered at the Autograd key, whose backward is the
 // fused_mix_backward operator (so torch.compile traces it like any other op).
 #include <ATen/ATen.h>
@@ -21,24 +22,38 @@
 namespace msmix {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> mix_ratios_on_device(const at::Tensor& intensities, const at::Tensor& idx1,
-                                                        const at::Tensor& idx2, const at::Tensor& lam0) {
+MixRatios mix_ratios_on_device(const at::Tensor& intensities, const at::Tensor& labels, const at::Tensor& idx1,
+                               const at::Tensor& idx2, const at::Tensor& lam0) {
 #ifdef MSMIX_WITH_CUDA
-  if (intensities.is_cuda()) return mix_ratios_cuda(intensities, idx1, idx2, lam0);
+  if (intensities.is_cuda()) return mix_ratios_cuda(intensities, labels, idx1, idx2, lam0);
 #endif
   TORCH_CHECK(intensities.is_cpu(), "fused_mix: no kernel for intensities on ", intensities.device());
-  return mix_ratios_cpu(intensities, idx1, idx2, lam0);
+  return mix_ratios_cpu(intensities, labels, idx1, idx2, lam0);
 }
 
 FusedResult fused_mix_forward_kernel(at::TensorList feats, const at::Tensor& labels, const at::Tensor& intensities,
                                   int64_t num_mix, double threshold, const at::Tensor& seed, double alpha) {
   const int64_t batch = check_sass_args(feats, num_mix, threshold, seed, alpha, "fused_mix");
   check_intensities(intensities, static_cast<int64_t>(feats.size()), batch, feats[0], "fused_mix");
+  check_labels(labels, batch, feats[0], "fused_mix");  // read by the ratio kernels before mix checks them
   const c10::DeviceGuard guard(feats[0].device());
-  auto [idx1, idx2, lam0] = sass_select_op().call(feats, num_mix, threshold, seed, alpha);
-  auto [lam, lam_label] = mix_ratios_on_device(intensities, idx1, idx2, lam0);
+  at::Tensor idx1, idx2, lam0;
+  MixRatios ratios;
+#ifdef MSMIX_WITH_CUDA
+  // Small batches on CUDA: the pairs and the ratios from one block (4 launches in all).
+  if (feats[0].is_cuda()) {
+    if (auto drawn = draw_pairs_with_ratios_cuda(feats, labels, intensities, num_mix, threshold, seed, alpha)) {
+      idx1 = drawn->idx1, idx2 = drawn->idx2, lam0 = drawn->lam0;
+      ratios = std::move(drawn->ratios);
+    }
+  }
+#endif
+  if (!idx1.defined()) {
+    std::tie(idx1, idx2, lam0) = sass_select_op().call(feats, num_mix, threshold, seed, alpha);
+    ratios = mix_ratios_on_device(intensities, labels, idx1, idx2, lam0);
+  }
+  auto& [lam, lam_label, labels1, labels2] = ratios;
   auto [feats_out, labels_out] = mix_op().call(feats, labels, idx1, idx2, lam, lam_label);
-  at::Tensor labels1 = labels.index_select(0, idx1), labels2 = labels.index_select(0, idx2);
   return {std::move(feats_out), labels_out, idx1, idx2, lam, lam_label, lam0, labels1, labels2};
 }
 

@@ -42,6 +42,59 @@ MSMIX_HOST_DEVICE acc_t modality_ratio(acc_t lam0, acc_t w1, acc_t w2) {
   return round_to<scalar_t>(round_to<scalar_t>(lam0 + round_to<scalar_t>(num / den)) / acc_t(2));
 }
 
+// The min-max weights of one modality's intensities `row` [B]: lo = min |I|
+// and range (weight_range), in a serial pass (the same bits on any device).
+template <typename scalar_t, typename acc_t>
+struct WeightBounds {
+  acc_t lo, range;
+};
+
+// |I|, as torch's abs.
+template <typename acc_t>
+MSMIX_HOST_DEVICE acc_t magnitude(acc_t x) {
+#ifdef __CUDA_ARCH__
+  return fabs(x);
+#else
+  return std::abs(x);
+#endif
+}
+
+template <typename scalar_t, typename acc_t>
+MSMIX_HOST_DEVICE WeightBounds<scalar_t, acc_t> weight_bounds(const scalar_t* row, int64_t batch) {
+  acc_t lo = magnitude(static_cast<acc_t>(row[0])), hi = lo;
+  for (int64_t b = 1; b < batch; ++b) {
+    const acc_t a = magnitude(static_cast<acc_t>(row[b]));
+    lo = a < lo ? a : lo;
+    hi = a > hi ? a : hi;
+  }
+  return {lo, weight_range<scalar_t>(lo, hi)};
+}
+
+// lam[m, k] of pair (i, j) from the modality's intensities `row` (design.md §5).
+template <typename scalar_t, typename acc_t>
+MSMIX_HOST_DEVICE acc_t pair_ratio(const scalar_t* row, int64_t i, int64_t j, acc_t lam0,
+                                   const WeightBounds<scalar_t, acc_t>& bounds) {
+  const acc_t w1 = intensity_weight<scalar_t>(magnitude(static_cast<acc_t>(row[i])), bounds.lo, bounds.range);
+  const acc_t w2 = intensity_weight<scalar_t>(magnitude(static_cast<acc_t>(row[j])), bounds.lo, bounds.range);
+  return modality_ratio<scalar_t>(lam0, w1, w2);
+}
+
+// The picked labels fused_mix returns with the ratios, as rows of row_bytes
+// bytes: labels1[k] = labels[idx1[k]], labels2[k] = labels[idx2[k]].
+struct PickedLabels {
+  const unsigned char* labels;
+  unsigned char *labels1, *labels2;
+  int64_t row_bytes;
+};
+
+// Byte e (< K * row_bytes) of labels1 and labels2, copied as index_select copies.
+MSMIX_HOST_DEVICE void copy_picked_label_byte(const PickedLabels& picked, const int64_t* idx1, const int64_t* idx2,
+                                              int64_t e) {
+  const int64_t k = e / picked.row_bytes, byte = e % picked.row_bytes;
+  picked.labels1[e] = picked.labels[idx1[k] * picked.row_bytes + byte];
+  picked.labels2[e] = picked.labels[idx2[k] * picked.row_bytes + byte];
+}
+
 // d lam / d w1 and d lam / d w2 for an upstream gradient g of lam.
 template <typename acc_t>
 MSMIX_HOST_DEVICE void modality_ratio_backward(acc_t g, acc_t w1, acc_t w2, acc_t* g_w1, acc_t* g_w2) {

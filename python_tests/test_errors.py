@@ -147,6 +147,16 @@ def test_integer_intensities_are_refused():
         mx.fused_mix(_feats(), torch.randn(6), torch.ones(2, 6, dtype=torch.long))
 
 
+@pytest.mark.parametrize("labels, message", [
+    (torch.randn(2), r"fused_mix: labels must be \[B\] or \[B, \.\.\.\] with B = 6, got \[2\]"),
+    (torch.ones(6, dtype=torch.long), r"fused_mix: labels must be a floating tensor, got Long"),
+])
+def test_fused_op_checks_labels_before_reading_them(labels, message):
+    # The op copies labels[idx1] with the ratios, before the mixing kernel would check them.
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.msmix.fused_mix(_feats(), labels, torch.rand(2, 6), 4, 0.4, torch.tensor(0), 2.0)
+
+
 def test_msmix_constructor_errors():
     with pytest.raises(ValueError, match=r"^dims must name at least one modality width$"):
         mx.MSMix(dims=[])

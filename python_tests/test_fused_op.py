@@ -52,10 +52,29 @@ def test_forward_bitwise_equals_building_blocks(device, dtype, shapes, num_mix):
     seed = torch.tensor(7)
     got = mx.fused_mix(feats, labels, intensities, num_mix=num_mix, seed=seed)
     want = composed(feats, labels, intensities, num_mix, 0.4, seed, 2.0)
+    _assert_outputs_equal(got, want)
+
+
+def _assert_outputs_equal(got, want):
     for name, a, b in zip(MixOutput._fields, got, want):
         for x, y in zip(a, b) if name == "feats" else [(a, b)]:
             assert x.dtype == y.dtype and x.shape == y.shape, name
             assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("layout", ["[B, 1]", "[B] strided", "[B] float64"])
+def test_picked_labels_of_any_layout_equal_index_select(device, layout):
+    # labels1 and labels2 are copied row by row with the ratios, not by index_select.
+    feats, labels, intensities = inputs(SHAPES["mixed"], 12, torch.float32, device, label_shape=(2,))
+    if layout == "[B, 1]":
+        labels = labels[:, :1].contiguous()
+    elif layout == "[B] strided":
+        labels = labels[:, 1]
+    else:
+        labels = labels[:, 0].double()
+    seed = torch.tensor(5)
+    got = mx.fused_mix(feats, labels, intensities, num_mix=20, seed=seed)
+    _assert_outputs_equal(got, composed(feats, labels, intensities, 20, 0.4, seed, 2.0))
 
 
 def test_intensities_in_another_dtype_bitwise(device):

@@ -4,11 +4,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
-#include <algorithm>
 #include <vector>
 
 #include "../fused.h"
 #include "../ratio_math.h"
+#include "../rows.h"
 
 namespace msmix {
 namespace {
@@ -18,21 +18,12 @@ void mix_ratios_forward_kernel(const scalar_t* intensities, const int64_t* idx1,
                                const scalar_t* lam0, scalar_t* lam, scalar_t* lam_label,
                                int64_t num_modalities, int64_t batch, int64_t num_mix) {
   using acc_t = at::opmath_type<scalar_t>;
-  std::vector<acc_t> weights(batch);
   std::vector<acc_t> lam_sum(num_mix, acc_t(0));
   for (int64_t m = 0; m < num_modalities; ++m) {
     const scalar_t* row = intensities + m * batch;
-    acc_t lo = std::abs(static_cast<acc_t>(row[0])), hi = lo;
-    for (int64_t b = 1; b < batch; ++b) {
-      const acc_t a = std::abs(static_cast<acc_t>(row[b]));
-      lo = std::min(lo, a);
-      hi = std::max(hi, a);
-    }
-    const acc_t range = weight_range<scalar_t>(lo, hi);
-    for (int64_t b = 0; b < batch; ++b)
-      weights[b] = intensity_weight<scalar_t>(std::abs(static_cast<acc_t>(row[b])), lo, range);
+    const auto bounds = weight_bounds<scalar_t, acc_t>(row, batch);
     for (int64_t k = 0; k < num_mix; ++k) {
-      const acc_t r = modality_ratio<scalar_t>(static_cast<acc_t>(lam0[k]), weights[idx1[k]], weights[idx2[k]]);
+      const acc_t r = pair_ratio<scalar_t>(row, idx1[k], idx2[k], static_cast<acc_t>(lam0[k]), bounds);
       lam[m * num_mix + k] = static_cast<scalar_t>(r);
       lam_sum[k] += r;  // lam.mean(0): summed over m in order in acc_t, divided, rounded once
     }
@@ -54,21 +45,27 @@ void mix_ratios_backward_kernel(const scalar_t* grad_lam, const scalar_t* grad_l
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> mix_ratios_cpu(const at::Tensor& intensities, const at::Tensor& idx1,
-                                                  const at::Tensor& idx2, const at::Tensor& lam0) {
+MixRatios mix_ratios_cpu(const at::Tensor& intensities, const at::Tensor& labels, const at::Tensor& idx1,
+                         const at::Tensor& idx2, const at::Tensor& lam0) {
+  const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
+  const at::Tensor label_rows = labels.contiguous();
+  at::Tensor labels1 = at::empty(with_rows(labels, i1.size(0)), labels.options());
+  at::Tensor labels2 = at::empty_like(labels1);
+  const PickedLabels picked = picked_labels(label_rows, labels1, labels2);
+  for (int64_t e = 0; e < i1.size(0) * picked.row_bytes; ++e)
+    copy_picked_label_byte(picked, i1.const_data_ptr<int64_t>(), i2.const_data_ptr<int64_t>(), e);
   const at::Tensor source = intensities.contiguous();
   const at::Tensor base = in_dtype(lam0, source.scalar_type()).contiguous();  // lam0.to(w.dtype)
   const int64_t num_modalities = source.size(0), batch = source.size(1), num_mix = idx1.size(0);
   at::Tensor lam = at::empty({num_modalities, num_mix}, source.options());
   at::Tensor lam_label = at::empty({num_mix}, source.options());
-  if (num_mix == 0 || num_modalities == 0) return {lam, lam_label};
+  if (num_mix == 0 || num_modalities == 0) return {lam, lam_label, labels1, labels2};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(), "mix_ratios", [&] {
-    mix_ratios_forward_kernel<scalar_t>(source.data_ptr<scalar_t>(), idx1.contiguous().data_ptr<int64_t>(),
-                                        idx2.contiguous().data_ptr<int64_t>(), base.data_ptr<scalar_t>(),
-                                        lam.data_ptr<scalar_t>(), lam_label.data_ptr<scalar_t>(),
-                                        num_modalities, batch, num_mix);
+    mix_ratios_forward_kernel<scalar_t>(source.data_ptr<scalar_t>(), i1.data_ptr<int64_t>(), i2.data_ptr<int64_t>(),
+                                        base.data_ptr<scalar_t>(), lam.data_ptr<scalar_t>(),
+                                        lam_label.data_ptr<scalar_t>(), num_modalities, batch, num_mix);
   });
-  return {lam, lam_label};
+  return {lam, lam_label, labels1, labels2};
 }
 
 at::Tensor mix_ratios_backward_cpu(const at::Tensor& grad_lam, const at::Tensor& grad_lam_label,

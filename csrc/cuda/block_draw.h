@@ -1,6 +1,7 @@
 // The SASS pair draw of one thread block (design.md §4.3-4.6): the bounds of
 // S's off-diagonal, the valid pairs, the K smallest (key, flat) of them by
-// radix selection, the fallback, and lam0, in one launch. For small batches it
+// radix selection, the fallback, and lam0 (for fused_mix also the mixing
+// ratios and the picked labels), in one launch. For small batches it
 // replaces the grid of kernels and the three sorts of B^2 keys of the CUDA
 // path in csrc/cuda/sass_kernel.cu (which larger batches still take).
 //
@@ -19,6 +20,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "../ratio_math.h"
 #include "../sass_math.h"
 
 #if defined(__CUDACC__)
@@ -65,6 +67,18 @@ struct DrawScratch {
   int64_t capacity;
 };
 
+// fused_mix's ratios (design.md §5) and picked labels, made by the drawing
+// block right after the pairs: mix_ratios_cuda's computation, for intensities
+// in the features' accumulate dtype. lam == nullptr: not asked for.
+template <typename acc_t>
+struct RatioArgs {
+  const acc_t* intensities;  // [M, B]
+  int64_t num_modalities;
+  acc_t* bounds;             // [M, 2] scratch: lo and range of each modality's weights
+  acc_t *lam, *lam_label;    // [M, K], [K]
+  PickedLabels labels;
+};
+
 template <typename acc_t>
 struct DrawArgs {
   acc_t* partial;          // [splits, B, B] Gram sums; split 0 is overwritten with S
@@ -77,6 +91,7 @@ struct DrawArgs {
   DrawScratch scratch;
   int64_t *idx1, *idx2;    // [K]
   acc_t* lam0;             // [K]
+  RatioArgs<acc_t> ratios;
 };
 
 // The smallest power of two >= n (n >= 1): the capacity of a sorted list.
@@ -267,7 +282,8 @@ MSMIX_HOST_DEVICE acc_t pair_similarity(const DrawShared<acc_t>& sh, const acc_t
 }
 
 // The whole draw: idx1, idx2 and lam0 of design.md §4.5-4.6 and §5 from the
-// Gram sums. exec.threads() must be at most kMaxThreads.
+// Gram sums, then the ratios if asked for. exec.threads() must be at most
+// kMaxThreads.
 template <typename acc_t, typename Exec>
 MSMIX_BLOCK_FN void draw_pairs(Exec& exec, DrawShared<acc_t>& sh, const DrawArgs<acc_t>& args) {
   const int threads = exec.threads();
@@ -318,6 +334,17 @@ MSMIX_BLOCK_FN void draw_pairs(Exec& exec, DrawShared<acc_t>& sh, const DrawArgs
                     num_mix < num_candidates ? num_mix : num_candidates, n, scratch.chosen);
   }
 
+  const RatioArgs<acc_t>& ratios = args.ratios;
+  const bool with_ratios = ratios.lam != nullptr;
+  if (with_ratios) {
+    exec.each([&](int tid) {
+      for (int64_t m = tid; m < ratios.num_modalities; m += threads) {
+        const auto bounds = weight_bounds<acc_t, acc_t>(ratios.intensities + m * batch, batch);
+        ratios.bounds[2 * m] = bounds.lo;
+        ratios.bounds[2 * m + 1] = bounds.range;
+      }
+    });
+  }
   exec.each([&](int tid) {
     for (int64_t k = tid; k < num_mix; k += threads) {
       // Past the C candidates (|C| < K): draws with replacement by S' rank.
@@ -325,11 +352,28 @@ MSMIX_BLOCK_FN void draw_pairs(Exec& exec, DrawShared<acc_t>& sh, const DrawArgs
           num_candidates == 0 || k < num_candidates
               ? scratch.chosen.flat[k]
               : scratch.ranked.flat[fallback_extra_rank(args.seed, k - num_candidates, num_candidates)];
-      args.idx1[k] = pair_row(flat, batch);
-      args.idx2[k] = pair_col(flat, batch);
-      args.lam0[k] = static_cast<acc_t>(beta_sample(args.alpha, args.seed, static_cast<uint64_t>(k)));
+      const int64_t i = pair_row(flat, batch), j = pair_col(flat, batch);
+      const acc_t lam0 = static_cast<acc_t>(beta_sample(args.alpha, args.seed, static_cast<uint64_t>(k)));
+      args.idx1[k] = i;
+      args.idx2[k] = j;
+      args.lam0[k] = lam0;
+      if (!with_ratios) continue;
+      acc_t sum = 0;  // lam.mean(0): summed over m in order, divided once
+      for (int64_t m = 0; m < ratios.num_modalities; ++m) {
+        const WeightBounds<acc_t, acc_t> bounds{ratios.bounds[2 * m], ratios.bounds[2 * m + 1]};
+        const acc_t ratio = pair_ratio<acc_t>(ratios.intensities + m * batch, i, j, lam0, bounds);
+        ratios.lam[m * num_mix + k] = ratio;
+        sum += ratio;
+      }
+      ratios.lam_label[k] = sum / static_cast<acc_t>(ratios.num_modalities);
     }
   });
+  if (with_ratios) {
+    exec.each([&](int tid) {
+      for (int64_t e = tid; e < num_mix * ratios.labels.row_bytes; e += threads)
+        copy_picked_label_byte(ratios.labels, args.idx1, args.idx2, e);
+    });
+  }
 }
 
 }  // namespace block_draw

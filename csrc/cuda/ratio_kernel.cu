@@ -2,9 +2,10 @@
 // csrc/cpu/ratio_kernel.cpp (the same ratio_math.h, the same order of sums, so
 // the same bits). The work is O(M (B + K)) flops: one block, one thread per
 // modality walking its row serially, which keeps every sum in a fixed order
-// (deterministic) at the cost of one launch per call. Launches: forward 1
-// (+1 cast of lam0 when the intensities are not in lam0's dtype); backward 1
-// for the intensities, 1 for the labels.
+// (deterministic) at the cost of one launch per call. The forward also copies
+// the picked labels labels[idx1], labels[idx2]. Launches: forward 1 (+1 cast
+// of lam0 when the intensities are not in lam0's dtype); backward 1 for the
+// intensities, 1 for the labels.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -17,6 +18,7 @@
 #include "../checks.h"
 #include "../fused.h"
 #include "../ratio_math.h"
+#include "../rows.h"
 
 namespace msmix {
 namespace {
@@ -26,22 +28,17 @@ constexpr int kRatioThreads = 32;
 template <typename scalar_t>
 __global__ void mix_ratios_forward_kernel(const scalar_t* intensities, const int64_t* idx1, const int64_t* idx2,
                                           const scalar_t* lam0, scalar_t* lam, scalar_t* lam_label,
-                                          int64_t num_modalities, int64_t batch, int64_t num_mix) {
+                                          int64_t num_modalities, int64_t batch, int64_t num_mix,
+                                          PickedLabels picked) {
   using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t e = threadIdx.x; e < num_mix * picked.row_bytes; e += blockDim.x)
+    copy_picked_label_byte(picked, idx1, idx2, e);
   for (int64_t m = threadIdx.x; m < num_modalities; m += blockDim.x) {
     const scalar_t* row = intensities + m * batch;
-    acc_t lo = fabs(static_cast<acc_t>(row[0])), hi = lo;
-    for (int64_t b = 1; b < batch; ++b) {
-      const acc_t a = fabs(static_cast<acc_t>(row[b]));
-      lo = a < lo ? a : lo;
-      hi = a > hi ? a : hi;
-    }
-    const acc_t range = weight_range<scalar_t>(lo, hi);
-    for (int64_t k = 0; k < num_mix; ++k) {
-      const acc_t w1 = intensity_weight<scalar_t>(fabs(static_cast<acc_t>(row[idx1[k]])), lo, range);
-      const acc_t w2 = intensity_weight<scalar_t>(fabs(static_cast<acc_t>(row[idx2[k]])), lo, range);
-      lam[m * num_mix + k] = static_cast<scalar_t>(modality_ratio<scalar_t>(static_cast<acc_t>(lam0[k]), w1, w2));
-    }
+    const auto bounds = weight_bounds<scalar_t, acc_t>(row, batch);
+    for (int64_t k = 0; k < num_mix; ++k)
+      lam[m * num_mix + k] =
+          static_cast<scalar_t>(pair_ratio<scalar_t>(row, idx1[k], idx2[k], static_cast<acc_t>(lam0[k]), bounds));
   }
   __syncthreads();
   for (int64_t k = threadIdx.x; k < num_mix; k += blockDim.x) {
@@ -73,24 +70,28 @@ __global__ void add_picked_label_grads_kernel(scalar_t* grad_labels, const scala
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> mix_ratios_cuda(const at::Tensor& intensities, const at::Tensor& idx1,
-                                                   const at::Tensor& idx2, const at::Tensor& lam0) {
+MixRatios mix_ratios_cuda(const at::Tensor& intensities, const at::Tensor& labels, const at::Tensor& idx1,
+                          const at::Tensor& idx2, const at::Tensor& lam0) {
   const c10::cuda::CUDAGuard guard(intensities.device());
   const at::Tensor source = intensities.contiguous();
   const at::Tensor base = in_dtype(lam0, source.scalar_type()).contiguous();
   const at::Tensor i1 = idx1.contiguous(), i2 = idx2.contiguous();
+  const at::Tensor label_rows = labels.contiguous();
   const int64_t num_modalities = source.size(0), batch = source.size(1), num_mix = idx1.size(0);
   at::Tensor lam = at::empty({num_modalities, num_mix}, source.options());
   at::Tensor lam_label = at::empty({num_mix}, source.options());
-  if (num_mix == 0 || num_modalities == 0) return {lam, lam_label};
+  at::Tensor labels1 = at::empty(with_rows(labels, num_mix), labels.options());
+  at::Tensor labels2 = at::empty_like(labels1);
+  if (num_mix == 0 || num_modalities == 0) return {lam, lam_label, labels1, labels2};
+  const PickedLabels picked = picked_labels(label_rows, labels1, labels2);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(), "mix_ratios", [&] {
     mix_ratios_forward_kernel<scalar_t><<<1, kRatioThreads, 0, stream>>>(
         source.data_ptr<scalar_t>(), i1.data_ptr<int64_t>(), i2.data_ptr<int64_t>(), base.data_ptr<scalar_t>(),
-        lam.data_ptr<scalar_t>(), lam_label.data_ptr<scalar_t>(), num_modalities, batch, num_mix);
+        lam.data_ptr<scalar_t>(), lam_label.data_ptr<scalar_t>(), num_modalities, batch, num_mix, picked);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {lam, lam_label};
+  return {lam, lam_label, labels1, labels2};
 }
 
 at::Tensor mix_ratios_backward_cuda(const at::Tensor& grad_lam, const at::Tensor& grad_lam_label,

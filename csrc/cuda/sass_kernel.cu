@@ -30,6 +30,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/sort.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -39,10 +40,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <vector>
 
 #include "../checks.h"
+#include "../fused.h"
 #include "../rows.h"
 #include "../sass_math.h"
 #include "block_draw.h"
@@ -517,10 +520,16 @@ RawSimilarity raw_similarity(at::TensorList feats) {
   return RawSimilarity{s, bounds, num_bounds};
 }
 
-// The whole draw in one block after the Gram kernel (block_draw.h).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> block_draw_pairs(at::TensorList feats, int64_t num_mix,
-                                                                double threshold, const SeedArg& seed,
-                                                                double alpha) {
+bool block_draw_applies(int64_t batch, int64_t num_mix) {
+  return batch * batch <= kBlockDrawMaxPairs && num_mix <= kBlockDrawMaxMix;
+}
+
+// The whole draw in one block after the Gram kernel (block_draw.h); with
+// `intensities` (in the accumulate dtype) and `labels`, fused_mix's ratios and
+// picked labels too.
+DrawnPairs block_draw_pairs(at::TensorList feats, int64_t num_mix, double threshold, const SeedArg& seed,
+                            double alpha, const at::Tensor* intensities = nullptr,
+                            const at::Tensor* labels = nullptr) {
   const int64_t batch = feats[0].size(0), num_pairs = batch * batch;
   const auto index_options = feats[0].options().dtype(at::kLong);
   const GramSums sums = gram_sums(feats);
@@ -533,19 +542,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_draw_pairs(at::TensorList f
     return block_draw::KeyedList{reinterpret_cast<uint64_t*>(keys + begin), flats + begin};
   };
   const block_draw::DrawScratch lists{list(0), list(num_pairs), list(num_pairs + capacity), capacity};
-  at::Tensor idx1 = at::empty({num_mix}, index_options);
-  at::Tensor idx2 = at::empty({num_mix}, index_options);
-  at::Tensor lam0 = at::empty({num_mix}, sums.partial.options());
+  DrawnPairs out;
+  out.idx1 = at::empty({num_mix}, index_options);
+  out.idx2 = at::empty({num_mix}, index_options);
+  out.lam0 = at::empty({num_mix}, sums.partial.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(sums.partial.scalar_type(), "msmix_draw_pairs", [&] {
+    block_draw::RatioArgs<scalar_t> ratio_args{};
+    at::Tensor source, label_rows, bounds;
+    if (intensities != nullptr) {
+      source = intensities->contiguous();
+      label_rows = labels->contiguous();
+      const int64_t num_modalities = source.size(0);
+      bounds = at::empty({num_modalities, 2}, source.options());
+      MixRatios& r = out.ratios;
+      r.lam = at::empty({num_modalities, num_mix}, source.options());
+      r.lam_label = at::empty({num_mix}, source.options());
+      r.labels1 = at::empty(with_rows(*labels, num_mix), labels->options());
+      r.labels2 = at::empty_like(r.labels1);
+      ratio_args = {source.const_data_ptr<scalar_t>(), num_modalities, bounds.mutable_data_ptr<scalar_t>(),
+                    r.lam.mutable_data_ptr<scalar_t>(), r.lam_label.mutable_data_ptr<scalar_t>(),
+                    picked_labels(label_rows, r.labels1, r.labels2)};
+    }
     const block_draw::DrawArgs<scalar_t> args{
         sums.partial.mutable_data_ptr<scalar_t>(), sums.splits, static_cast<scalar_t>(feats.size()), batch,
-        num_mix, static_cast<scalar_t>(threshold), 0, alpha, lists, idx1.mutable_data_ptr<int64_t>(),
-        idx2.mutable_data_ptr<int64_t>(), lam0.mutable_data_ptr<scalar_t>()};
+        num_mix, static_cast<scalar_t>(threshold), 0, alpha, lists, out.idx1.mutable_data_ptr<int64_t>(),
+        out.idx2.mutable_data_ptr<int64_t>(), out.lam0.mutable_data_ptr<scalar_t>(), ratio_args};
     draw_pairs_block_kernel<scalar_t><<<1, kDrawThreads, 0, stream>>>(args, seed);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {idx1, idx2, lam0};
+  return out;
 }
 
 at::Tensor similarity_forward_kernel(at::TensorList feats) {
@@ -579,8 +605,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sass_select_forward_kernel(
   const auto index_options = feats[0].options().dtype(at::kLong);
   const SeedArg seed = make_seed_arg(seed_tensor);
   const int64_t num_pairs = batch * batch;
-  if (num_pairs <= kBlockDrawMaxPairs && num_mix <= kBlockDrawMaxMix)
-    return block_draw_pairs(feats, num_mix, threshold, seed, alpha);
+  if (block_draw_applies(batch, num_mix)) {
+    DrawnPairs drawn = block_draw_pairs(feats, num_mix, threshold, seed, alpha);
+    return {drawn.idx1, drawn.idx2, drawn.lam0};
+  }
 
   RawSimilarity sim = raw_similarity(feats);
   // Row 0: valid-pair keys, row 1: fallback keys; one sort call orders both.
@@ -627,6 +655,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sass_select_forward_kernel(
 }
 
 }  // namespace
+
+std::optional<DrawnPairs> draw_pairs_with_ratios_cuda(at::TensorList feats, const at::Tensor& labels,
+                                                      const at::Tensor& intensities, int64_t num_mix,
+                                                      double threshold, const at::Tensor& seed, double alpha) {
+  // Arguments already checked by fused_mix; its guard holds the device.
+  if (!block_draw_applies(feats[0].size(0), num_mix) ||
+      intensities.scalar_type() != accumulate_type(feats[0].scalar_type()))
+    return std::nullopt;
+  return block_draw_pairs(feats, num_mix, threshold, make_seed_arg(seed), alpha, &intensities, &labels);
+}
 
 TORCH_LIBRARY_IMPL(msmix, CUDA, m) {
   m.impl("similarity", &similarity_forward_kernel);

@@ -1,7 +1,8 @@
 // The CUDA small-batch pair draw (csrc/cuda/block_draw.h) run on the CPU by a
 // sequential executor, against independent computations: its radix selection
-// against std::sort, and its whole draw against the CPU operator's
-// msmix::sass_select, bit for bit, on the CPU's own S'. What this cannot see
+// against std::sort, and its whole draw (with and without fused_mix's ratios
+// and picked labels) against the CPU operator msmix::fused_mix, bit for bit,
+// on the CPU's own S'. What this cannot see
 // (the barriers and atomics of a real block) the CUDA tests check on a GPU.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -100,42 +101,67 @@ void test_select_smallest() {
   std::cout << "ok   select_smallest equals a full sort (" << cases << " cases)\n";
 }
 
-using SassOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(at::TensorList, int64_t, double,
-                                                             const at::Tensor&, double);
+using FusedResult = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                               at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using FusedOp = FusedResult(at::TensorList, const at::Tensor&, const at::Tensor&, int64_t, double, const at::Tensor&,
+                            double);
+
+template <typename T>
+at::Tensor to_tensor(const std::vector<T>& values, at::ScalarType dtype) {
+  return at::from_blob(const_cast<T*>(values.data()), {static_cast<int64_t>(values.size())},
+                       at::TensorOptions().dtype(dtype))
+      .clone();
+}
 
 // The block draw on S' (M = 1, one split: S = S', whose off-diagonal bounds
 // are 0 and 1, so the min-max step gives S' back bit for bit) against the CPU
-// operator's draw from the same features.
+// operators on the same features: the draw alone, and with fused_mix's ratios
+// and picked labels.
 template <typename acc_t>
 bool same_draw(const std::vector<at::Tensor>& feats, int64_t num_mix, double threshold, int64_t seed,
                double alpha, int threads) {
   static auto similarity = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("msmix::similarity", "")
                                .typed<at::Tensor(at::TensorList)>();
-  static auto sass_select = c10::Dispatcher::singleton().findSchemaOrThrow("msmix::sass_select", "").typed<SassOp>();
-  const int64_t batch = feats[0].size(0);
-  at::Tensor s = similarity.call(feats).contiguous();
-  auto [idx1, idx2, lam0] = sass_select.call(feats, num_mix, threshold, at::tensor(seed), alpha);
+  static auto fused_mix = c10::Dispatcher::singleton().findSchemaOrThrow("msmix::fused_mix", "").typed<FusedOp>();
+  const int64_t batch = feats[0].size(0), num_modalities = static_cast<int64_t>(feats.size());
+  const at::ScalarType acc_dtype = feats[0].scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor intensities = (3 * at::randn({num_modalities, batch})).to(acc_dtype);
+  const at::Tensor labels = at::randn({batch, 1}, at::kDouble);  // another dtype and two dimensions
+  const at::Tensor s = similarity.call(feats).contiguous();
+  const auto want = fused_mix.call(feats, labels, intensities, num_mix, threshold, at::tensor(seed), alpha);
 
-  const int64_t capacity = sort_capacity(std::max(num_mix, msmix::fallback_candidates(num_mix, batch)));
-  ListStorage items(batch * batch), ranked(capacity), chosen(capacity);
-  std::vector<int64_t> out1(num_mix, -1), out2(num_mix, -1);
-  std::vector<acc_t> out_lam0(num_mix);
-  DrawArgs<acc_t> args{s.data_ptr<acc_t>(), 1, acc_t(1), batch, num_mix, static_cast<acc_t>(threshold),
-                       static_cast<uint64_t>(seed), alpha,
-                       DrawScratch{items.list(), ranked.list(), chosen.list(), capacity},
-                       out1.data(), out2.data(), out_lam0.data()};
-  DrawShared<acc_t> shared;
-  SequentialExec exec{threads};
-  draw_pairs(exec, shared, args);
-
-  const auto as_tensor = [](const auto& v, at::ScalarType t) {
-    return at::from_blob(const_cast<void*>(static_cast<const void*>(v.data())), {static_cast<int64_t>(v.size())},
-                         at::TensorOptions().dtype(t))
-        .clone();
-  };
-  return at::equal(idx1, as_tensor(out1, at::kLong)) && at::equal(idx2, as_tensor(out2, at::kLong)) &&
-         at::equal(lam0, as_tensor(out_lam0, lam0.scalar_type()));
+  bool same = true;
+  for (bool with_ratios : {false, true}) {
+    at::Tensor partial = s.clone();
+    const int64_t capacity = sort_capacity(std::max(num_mix, msmix::fallback_candidates(num_mix, batch)));
+    ListStorage items(batch * batch), ranked(capacity), chosen(capacity);
+    std::vector<int64_t> idx1(num_mix, -1), idx2(num_mix, -1);
+    std::vector<acc_t> lam0(num_mix), lam(num_modalities * num_mix), lam_label(num_mix), bounds(2 * num_modalities);
+    std::vector<double> labels1(num_mix), labels2(num_mix);
+    RatioArgs<acc_t> ratios{};
+    if (with_ratios)
+      ratios = {intensities.data_ptr<acc_t>(), num_modalities, bounds.data(), lam.data(), lam_label.data(),
+                msmix::PickedLabels{static_cast<const unsigned char*>(labels.const_data_ptr()),
+                                    reinterpret_cast<unsigned char*>(labels1.data()),
+                                    reinterpret_cast<unsigned char*>(labels2.data()), sizeof(double)}};
+    DrawArgs<acc_t> args{partial.data_ptr<acc_t>(), 1, acc_t(1), batch, num_mix, static_cast<acc_t>(threshold),
+                         static_cast<uint64_t>(seed), alpha,
+                         DrawScratch{items.list(), ranked.list(), chosen.list(), capacity},
+                         idx1.data(), idx2.data(), lam0.data(), ratios};
+    DrawShared<acc_t> shared;
+    SequentialExec exec{threads};
+    draw_pairs(exec, shared, args);
+    same = same && at::equal(std::get<2>(want), to_tensor(idx1, at::kLong)) &&
+           at::equal(std::get<3>(want), to_tensor(idx2, at::kLong)) &&
+           at::equal(std::get<6>(want), to_tensor(lam0, acc_dtype));
+    if (with_ratios)
+      same = same && at::equal(std::get<4>(want), to_tensor(lam, acc_dtype).view({num_modalities, num_mix})) &&
+             at::equal(std::get<5>(want), to_tensor(lam_label, acc_dtype)) &&
+             at::equal(std::get<7>(want), to_tensor(labels1, at::kDouble).view({num_mix, 1})) &&
+             at::equal(std::get<8>(want), to_tensor(labels2, at::kDouble).view({num_mix, 1}));
+  }
+  return same;
 }
 
 // Features of B samples in `clusters` groups: many similar pairs within a
@@ -165,7 +191,7 @@ void test_draw_matches_cpu_operator() {
             const bool ok = dtype == at::kDouble ? same_draw<double>(feats, num_mix, threshold, seed, 2.0, threads)
                                                  : same_draw<float>(feats, num_mix, threshold, seed, 0.5, threads);
             std::ostringstream what;
-            what << "block draw == CPU sass_select: " << dtype << ", B " << batch << ", threshold " << threshold
+            what << "block draw == CPU fused_mix: " << dtype << ", B " << batch << ", threshold " << threshold
                  << ", K " << num_mix << ", threads " << threads;
             expect(ok, what.str());
             ++cases;
@@ -179,11 +205,11 @@ void test_draw_matches_cpu_operator() {
     const std::vector<at::Tensor> feats = {at::ones({batch, 5}), at::ones({batch, 2, 2})};
     for (double threshold : {0.3, 0.7}) {
       expect(same_draw<float>(feats, batch + 3, threshold, 11, 1.0, 64),
-             "block draw == CPU sass_select on identical samples, B " + std::to_string(batch));
+             "block draw == CPU fused_mix on identical samples, B " + std::to_string(batch));
       ++cases;
     }
   }
-  std::cout << "ok   the block draw equals the CPU sass_select (" << cases << " cases)\n";
+  std::cout << "ok   the block draw equals the CPU fused_mix (" << cases << " cases)\n";
 }
 
 // S = (sum of the splits) / M, in split order, over the first split: what the
