@@ -83,17 +83,17 @@ MODES = ("fwd", "fwdbwd")
 
 # CUDA kernel launches of one fused_mix call on the local pool, counted by reading
 # the code path (csrc/fused.cpp and the .cu files; float32 features, labels and
-# intensities, M modalities, B <= 46340). Forward: sass_select = M row-normalise
-# kernels + the rest of its pipeline (see csrc/cuda/sass_kernel.cu), 1 ratio kernel,
-# 1 mix kernel, 2 index_select (labels1, labels2). Backward: mix_backward
-# (inverse index + its sort + gather + ratio gradients), 1 intensity-gradient
-# kernel, and only for the outputs the loss reads: 2 in-place adds of the ratio
-# gradients (lam, lam_label), 1 label-gradient kernel (labels1, labels2).
+# intensities, M <= 8 modalities). Forward at B <= 256: one row normalisation for
+# all modalities, the Gram kernel, one block that draws the pairs and computes the
+# ratios and picked labels (csrc/cuda/block_draw.h), 1 mix kernel. Backward:
+# mix_backward (inverse index + its sort + gather + ratio gradients), 1
+# intensity-gradient kernel, and only for the outputs the loss reads: 2 in-place
+# adds of the ratio gradients (lam, lam_label), 1 label-gradient kernel.
 CUDA_LAUNCHES = {
-    "forward": "M + 18 (21 for M = 3) at B <= 64: sass_select M + 14 (M row normalisations, Gram, "
-               "reduction, pair keys, fallback keys, selection, 3 at::sort of 3 launches each), 1 ratio "
-               "kernel, 1 mix kernel, 2 index_select (labels1, labels2); each sort of rows over 4096 "
-               "keys (B > 64) takes a cub radix sort of about a dozen launches",
+    "forward": "4 at B <= 256 (row normalisation, Gram, draw with ratios and picked labels, mix); above, "
+               "sass_select's grid path (row normalisation, Gram, reduction, pair keys, fallback keys, "
+               "selection, 3 at::sort, each a cub radix sort of about a dozen launches over 65536 keys) "
+               "+ 1 ratio kernel + 1 mix kernel",
     "backward": "7 when the loss reads only the combined tensors (as here): mix_backward 6 (inverse index, its "
                 "sort of 3, gather, ratio gradients) and 1 intensity-gradient kernel; +2 add_ when it also reads "
                 "lam or lam_label, +1 label-gradient kernel when it reads labels1 or labels2 (10 in all)",

@@ -158,7 +158,7 @@ inline void check_fused_backward_args(const at::Tensor& grad_lam, const at::Tens
               ": intensities must be [M, B] with M = ", lam.size(0), ", got ", intensities.sizes());
 }
 
-// The largest batch SASS accepts. The CUDA kernel sorts the keys of all B*B
+// The largest batch SASS accepts. The CUDA grid path (B > 256) sorts the keys of all B*B
 // ordered pairs in one at::sort, which refuses a sorted dimension of more than
 // INT_MAX elements: 46340^2 <= 2^31 - 1 < 46341^2. The CPU kernel has the same
 // limit so that a batch fails alike on both devices.

@@ -87,12 +87,15 @@ struct PickedLabels {
   int64_t row_bytes;
 };
 
-// Byte e (< K * row_bytes) of labels1 and labels2, copied as index_select copies.
-MSMIX_HOST_DEVICE void copy_picked_label_byte(const PickedLabels& picked, const int64_t* idx1, const int64_t* idx2,
-                                              int64_t e) {
-  const int64_t k = e / picked.row_bytes, byte = e % picked.row_bytes;
-  picked.labels1[e] = picked.labels[idx1[k] * picked.row_bytes + byte];
-  picked.labels2[e] = picked.labels[idx2[k] * picked.row_bytes + byte];
+// Row k of labels1 and labels2, copied byte for byte as index_select copies.
+MSMIX_HOST_DEVICE void copy_picked_labels(const PickedLabels& picked, const int64_t* idx1, const int64_t* idx2,
+                                          int64_t k) {
+  const unsigned char* row1 = picked.labels + idx1[k] * picked.row_bytes;
+  const unsigned char* row2 = picked.labels + idx2[k] * picked.row_bytes;
+  for (int64_t byte = 0; byte < picked.row_bytes; ++byte) {
+    picked.labels1[k * picked.row_bytes + byte] = row1[byte];
+    picked.labels2[k * picked.row_bytes + byte] = row2[byte];
+  }
 }
 
 // d lam / d w1 and d lam / d w2 for an upstream gradient g of lam.

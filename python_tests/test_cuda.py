@@ -34,6 +34,21 @@ def test_sass_pairs_identical_across_devices(case, dtype):
         torch.testing.assert_close(cpu[2], gpu[2].cpu(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("batch, want", [(64, 4), (256, 4)])
+def test_fused_mix_forward_launches(batch, want):
+    # B <= 256: row normalisation, Gram, the drawing block (pairs, ratios, picked labels), mix.
+    feats = make_feats([(32,), (8, 16), (4, 5)], batch, device="cuda")
+    labels = torch.randn(batch, device="cuda")
+    intensities = torch.randn(3, batch, device="cuda")
+    mx.fused_mix(feats, labels, intensities, seed=0)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        mx.fused_mix(feats, labels, intensities, seed=1)
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == want, kernels
+
+
 def test_fused_mix_forward_and_backward_never_sync():
     feats = [f.requires_grad_() for f in make_feats([(32,), (8, 16), (4, 5)], 64, device="cuda")]
     labels = torch.randn(64, device="cuda")

@@ -52,8 +52,8 @@ MixRatios mix_ratios_cpu(const at::Tensor& intensities, const at::Tensor& labels
   at::Tensor labels1 = at::empty(with_rows(labels, i1.size(0)), labels.options());
   at::Tensor labels2 = at::empty_like(labels1);
   const PickedLabels picked = picked_labels(label_rows, labels1, labels2);
-  for (int64_t e = 0; e < i1.size(0) * picked.row_bytes; ++e)
-    copy_picked_label_byte(picked, i1.const_data_ptr<int64_t>(), i2.const_data_ptr<int64_t>(), e);
+  for (int64_t k = 0; k < i1.size(0); ++k)
+    copy_picked_labels(picked, i1.const_data_ptr<int64_t>(), i2.const_data_ptr<int64_t>(), k);
   const at::Tensor source = intensities.contiguous();
   const at::Tensor base = in_dtype(lam0, source.scalar_type()).contiguous();  // lam0.to(w.dtype)
   const int64_t num_modalities = source.size(0), batch = source.size(1), num_mix = idx1.size(0);

@@ -370,8 +370,7 @@ MSMIX_BLOCK_FN void draw_pairs(Exec& exec, DrawShared<acc_t>& sh, const DrawArgs
   });
   if (with_ratios) {
     exec.each([&](int tid) {
-      for (int64_t e = tid; e < num_mix * ratios.labels.row_bytes; e += threads)
-        copy_picked_label_byte(ratios.labels, args.idx1, args.idx2, e);
+      for (int64_t k = tid; k < num_mix; k += threads) copy_picked_labels(ratios.labels, args.idx1, args.idx2, k);
     });
   }
 }

@@ -31,8 +31,7 @@ __global__ void mix_ratios_forward_kernel(const scalar_t* intensities, const int
                                           int64_t num_modalities, int64_t batch, int64_t num_mix,
                                           PickedLabels picked) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t e = threadIdx.x; e < num_mix * picked.row_bytes; e += blockDim.x)
-    copy_picked_label_byte(picked, idx1, idx2, e);
+  for (int64_t k = threadIdx.x; k < num_mix; k += blockDim.x) copy_picked_labels(picked, idx1, idx2, k);
   for (int64_t m = threadIdx.x; m < num_modalities; m += blockDim.x) {
     const scalar_t* row = intensities + m * batch;
     const auto bounds = weight_bounds<scalar_t, acc_t>(row, batch);
