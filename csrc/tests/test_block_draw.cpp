@@ -30,17 +30,19 @@ void expect(bool ok, const std::string& what) {
   failures += ok ? 0 : 1;
 }
 
-// One block of `threads` threads, run one thread after another per phase.
-// Within a phase the threads share nothing but atomic_inc, so this order is as
-// good as any a GPU would take (and a phase that broke that rule would give a
-// draw that depends on it, which the comparisons below would catch only by
-// luck: the GPU tests remain the check of the real barriers).
+// One block of `threads` threads, run one thread after another per phase, in
+// ascending or descending thread order. Within a phase the threads may share
+// nothing but atomic_inc, so every order must give the same draw: a phase that
+// read what another thread wrote in the same phase would show up as a
+// difference between the two orders (the GPU tests remain the check of the
+// real barriers).
 struct SequentialExec {
   int num_threads;
+  bool reversed = false;
   int threads() const { return num_threads; }
   template <typename F>
   void each(F f) const {
-    for (int t = 0; t < num_threads; ++t) f(t);
+    for (int t = 0; t < num_threads; ++t) f(reversed ? num_threads - 1 - t : t);
   }
   template <typename F>
   void single(F f) const {
@@ -84,7 +86,7 @@ void test_select_smallest() {
             in.flat[i] = items[i].second;
           }
           DrawShared<float> shared;
-          SequentialExec exec{threads};
+          SequentialExec exec{threads, size % 2 == 1};
           select_smallest(exec, shared, in.list(), size, count, flat_bound, out.list());
           bool ok = true;
           for (int64_t k = 0; k < count; ++k)
@@ -116,7 +118,7 @@ at::Tensor to_tensor(const std::vector<T>& values, at::ScalarType dtype) {
 // The block draw on S' (M = 1, one split: S = S', whose off-diagonal bounds
 // are 0 and 1, so the min-max step gives S' back bit for bit) against the CPU
 // operators on the same features: the draw alone, and with fused_mix's ratios
-// and picked labels.
+// and picked labels in ascending and in descending thread order.
 template <typename acc_t>
 bool same_draw(const std::vector<at::Tensor>& feats, int64_t num_mix, double threshold, int64_t seed,
                double alpha, int threads) {
@@ -132,7 +134,8 @@ bool same_draw(const std::vector<at::Tensor>& feats, int64_t num_mix, double thr
   const auto want = fused_mix.call(feats, labels, intensities, num_mix, threshold, at::tensor(seed), alpha);
 
   bool same = true;
-  for (bool with_ratios : {false, true}) {
+  for (int run = 0; run < 3; ++run) {
+    const bool with_ratios = run > 0, reversed = run == 2;
     at::Tensor partial = s.clone();
     const int64_t capacity = sort_capacity(std::max(num_mix, msmix::fallback_candidates(num_mix, batch)));
     ListStorage items(batch * batch), ranked(capacity), chosen(capacity);
@@ -150,7 +153,7 @@ bool same_draw(const std::vector<at::Tensor>& feats, int64_t num_mix, double thr
                          DrawScratch{items.list(), ranked.list(), chosen.list(), capacity},
                          idx1.data(), idx2.data(), lam0.data(), ratios};
     DrawShared<acc_t> shared;
-    SequentialExec exec{threads};
+    SequentialExec exec{threads, reversed};
     draw_pairs(exec, shared, args);
     same = same && at::equal(std::get<2>(want), to_tensor(idx1, at::kLong)) &&
            at::equal(std::get<3>(want), to_tensor(idx2, at::kLong)) &&
