@@ -392,6 +392,33 @@ def net_ratio_stats(num: dict, den: dict, harness: dict) -> dict:
 
 # --------------------------------------------------------------------------- memory
 
+def measured_launches(feats, labels, intens) -> dict:
+    """GPU kernels of one fused_mix call, counted by torch.profiler: the forward, and the
+    backward pass of the bench's loss (which adds the fill of the loss's own seed gradient).
+    A profiler failure is recorded, not raised, so that the timings still come back."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def kernels(run) -> int:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run()
+            torch.cuda.synchronize()
+        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+    leaves = [f.detach().clone().requires_grad_() for f in feats]
+    inten_leaf = intens.detach().clone().requires_grad_()
+    try:
+        fused_call(feats, labels, intens)  # warm-up
+        forward = kernels(lambda: fused_call(feats, labels, intens))
+        loss = output_loss(fused_call(leaves, labels, inten_leaf))
+        loss.backward(retain_graph=True)  # warm-up
+        for t in [*leaves, inten_leaf]:
+            t.grad = None  # so that the counted pass assigns the gradients, not adds them
+        return {"forward": forward, "backward": kernels(loss.backward)}
+    except Exception as exc:  # noqa: BLE001 - the report says what failed
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def peak_memory_bytes(fn, device: str) -> int:
     """Peak bytes allocated during one call, above what was allocated before it.
 
@@ -531,6 +558,8 @@ def bench_config(workload: str, batch: int, args, pbar, with_sass: bool) -> dict
         elif ("fwdbwd", impl) in tasks:
             mem[impl] = peak_memory_bytes(tasks[("fwdbwd", impl)], device)
     result["peak_memory_fwdbwd_bytes"] = mem
+    if device == "cuda":
+        result["cuda_launches_measured"] = measured_launches(feats, labels, intens)
     result["loadavg_after"] = list(os.getloadavg())
     pbar.update(1)
     return result
@@ -812,6 +841,18 @@ def markdown(report: dict) -> str:
     for mode, text in CUDA_LAUNCHES.items():
         out.append(f"- {mode}: {text}")
     out.append("")
+    measured = [c for c in report["workloads"] + report["sweep"] if "cuda_launches_measured" in c]
+    if measured:
+        out.append("Measured with torch.profiler (GPU kernels of one call; the backward of the bench's loss "
+                   "includes the fill of the loss's seed gradient):")
+        out.append("")
+        out.append("| workload | B | forward | backward |")
+        out.append("|---|---|---|---|")
+        for c in measured:
+            n = c["cuda_launches_measured"]
+            out.append(f"| {c['workload']} | {c['B']} | " + (
+                f"{n['forward']} | {n['backward']} |" if "error" not in n else f"failed: {n['error']} | |"))
+        out.append("")
     out.append("## Peak memory of forward+backward (MiB)")
     out.append("")
     out.append(f"Accounting: {report['memory_accounting']}")
