@@ -86,7 +86,7 @@ MODES = ("fwd", "fwdbwd")
 # intensities, M <= 8 modalities). Forward at B <= 256: one row normalisation for
 # all modalities, the Gram kernel, one block that draws the pairs and computes the
 # ratios and picked labels (csrc/cuda/block_draw.h), 1 mix kernel. Backward:
-# mix_backward (inverse index + its sort + gather + ratio gradients), 1
+# mix_backward (inverse-index block + gather + ratio gradients), 1
 # intensity-gradient kernel, and only for the outputs the loss reads: 2 in-place
 # adds of the ratio gradients (lam, lam_label), 1 label-gradient kernel.
 CUDA_LAUNCHES = {
@@ -94,9 +94,11 @@ CUDA_LAUNCHES = {
                "sass_select's grid path (row normalisation, Gram, reduction, pair keys, fallback keys, "
                "selection, 3 at::sort, each a cub radix sort of about a dozen launches over 65536 keys) "
                "+ 1 ratio kernel + 1 mix kernel",
-    "backward": "7 when the loss reads only the combined tensors (as here): mix_backward 6 (inverse index, its "
-                "sort of 3, gather, ratio gradients) and 1 intensity-gradient kernel; +2 add_ when it also reads "
-                "lam or lam_label, +1 label-gradient kernel when it reads labels1 or labels2 (10 in all)",
+    "backward": "4 at K <= 2048 when the loss reads only the combined tensors: the inverse-index block, the "
+                "source-gradient gather, the ratio gradients, the intensity gradient (above K = 2048 the index "
+                "takes an entries kernel and a sort instead); +1 copy per output gradient that is not "
+                "contiguous (the expanded ones of .sum(), as in this bench's loss: 4), +2 add_ when the loss "
+                "also reads lam or lam_label, +1 label-gradient kernel when it reads labels1 or labels2",
 }
 MODE_LABELS = {"fwd": "forward", "fwdbwd": "forward+backward"}
 

@@ -34,19 +34,30 @@ def test_sass_pairs_identical_across_devices(case, dtype):
         torch.testing.assert_close(cpu[2], gpu[2].cpu(), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("batch, want", [(64, 4), (256, 4)])
-def test_fused_mix_forward_launches(batch, want):
-    # B <= 256: row normalisation, Gram, the drawing block (pairs, ratios, picked labels), mix.
-    feats = make_feats([(32,), (8, 16), (4, 5)], batch, device="cuda")
-    labels = torch.randn(batch, device="cuda")
-    intensities = torch.randn(3, batch, device="cuda")
-    mx.fused_mix(feats, labels, intensities, seed=0)
+def _cuda_kernels(run):
+    run()  # warm-up
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        mx.fused_mix(feats, labels, intensities, seed=1)
+        run()
         torch.cuda.synchronize()
-    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    assert len(kernels) == want, kernels
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+@pytest.mark.parametrize("batch", [64, 256])
+def test_fused_mix_launches(batch):
+    # Forward, B <= 256: row normalisation, Gram, the drawing block (pairs, ratios, picked
+    # labels), mix. Backward, dense output gradients, K <= 2048: the inverse-index block,
+    # the source-gradient gather, the ratio gradients, the intensities' gradient.
+    feats = [f.requires_grad_() for f in make_feats([(32,), (8, 16), (4, 5)], batch, device="cuda")]
+    labels = torch.randn(batch, device="cuda")
+    intensities = torch.randn(3, batch, device="cuda", requires_grad=True)
+    forward = _cuda_kernels(lambda: mx.fused_mix(feats, labels, intensities, seed=1))
+    assert len(forward) == 4, forward
+    out = mx.fused_mix(feats, labels, intensities, seed=1)
+    outputs = [*out.feats, out.labels]
+    grads = [torch.randn_like(t) for t in outputs]
+    backward = _cuda_kernels(lambda: torch.autograd.grad(outputs, [*feats, intensities], grads, retain_graph=True))
+    assert len(backward) == 4, backward
 
 
 def test_fused_mix_forward_and_backward_never_sync():

@@ -5,16 +5,10 @@
 // replaces the grid of kernels and the three sorts of B^2 keys of the CUDA
 // path in csrc/cuda/sass_kernel.cu (which larger batches still take).
 //
-// It is plain C++ over an executor, so that a CPU test (csrc/tests/
-// test_block_draw.cpp) runs this very code with a sequential executor and
-// checks its draw against the CPU operator's, bit for bit. An executor has
-//   threads()           the threads of the block;
-//   each(f)             f(tid) for every tid in [0, threads()), then a barrier;
-//   single(f)           f() on one thread, then a barrier;
-//   atomic_inc(p)       ++*p atomically (uint32_t), returning the old value.
-// Inside one phase (one each/single) a thread may share data with the others
-// only through atomic_inc; what a phase writes, the phases after it read.
-// State that every thread reads lives in DrawShared (shared memory on a GPU).
+// It is plain C++ over a block executor (block_sort.h), so that a CPU test
+// (csrc/tests/test_block_kernels.cpp) runs this very code one thread after
+// another and checks its draw against the CPU operators, bit for bit. State
+// that every thread reads lives in DrawShared (shared memory on a GPU).
 #pragma once
 
 #include <cstdint>
@@ -22,15 +16,10 @@
 
 #include "../ratio_math.h"
 #include "../sass_math.h"
-
-#if defined(__CUDACC__)
-#define MSMIX_BLOCK_FN __device__
-#else
-#define MSMIX_BLOCK_FN inline
-#endif
+#include "block_sort.h"
 
 namespace msmix {
-namespace block_draw {
+namespace block {
 
 constexpr int kMaxThreads = 512;    // the per-thread bounds of S live in DrawShared
 constexpr int kRadixBits = 8;
@@ -53,13 +42,7 @@ struct DrawShared {
   bool done;
 };
 
-// Where the items of a selection go: keys and flat indices side by side.
-struct KeyedList {
-  uint64_t* key;
-  int64_t* flat;
-};
-
-// Scratch in global memory, sized by the host (block_draw_scratch_items):
+// Scratch in global memory, sized by the host (block_draw_pairs, sass_kernel.cu):
 // `items` holds every ordered pair of the batch; `ranked` and `chosen` hold
 // `capacity` (a power of two >= max(K, C)) items each.
 struct DrawScratch {
@@ -94,13 +77,6 @@ struct DrawArgs {
   RatioArgs<acc_t> ratios;
 };
 
-// The smallest power of two >= n (n >= 1): the capacity of a sorted list.
-MSMIX_HOST_DEVICE int64_t sort_capacity(int64_t n) {
-  int64_t p = 1;
-  while (p < n) p <<= 1;
-  return p;
-}
-
 // Digits of the radix selection: the 8 bytes of the key from the top, then
 // the bytes of the flat index that any flat below `size_bound` can have.
 MSMIX_HOST_DEVICE int flat_digits(int64_t size_bound) {
@@ -127,33 +103,6 @@ template <typename acc_t>
 MSMIX_HOST_DEVICE bool within_prefix(const DrawShared<acc_t>& sh, uint64_t key, int64_t flat) {
   const uint64_t k = key & sh.key_mask;
   return k < sh.key_prefix || (k == sh.key_prefix && (static_cast<uint64_t>(flat) & sh.flat_mask) <= sh.flat_prefix);
-}
-
-// Sorts list[0, n) by (key, flat) ascending in place: a bitonic network over
-// n, a power of two; each compare-exchange belongs to one thread.
-template <typename Exec>
-MSMIX_BLOCK_FN void bitonic_sort(Exec& exec, KeyedList list, int64_t n) {
-  const int threads = exec.threads();
-  for (int64_t size = 2; size <= n; size <<= 1) {
-    for (int64_t stride = size >> 1; stride > 0; stride >>= 1) {
-      exec.each([&](int tid) {
-        for (int64_t i = tid; i < n; i += threads) {
-          const int64_t partner = i ^ stride;
-          if (partner <= i) continue;
-          const bool ascending = (i & size) == 0;
-          const bool partner_first = key_before(list.key[partner], list.flat[partner], list.key[i], list.flat[i]);
-          if (partner_first == ascending) {
-            const uint64_t key = list.key[i];
-            const int64_t flat = list.flat[i];
-            list.key[i] = list.key[partner];
-            list.flat[i] = list.flat[partner];
-            list.key[partner] = key;
-            list.flat[partner] = flat;
-          }
-        }
-      });
-    }
-  }
 }
 
 // The `count` smallest (key, flat) of in[0, size) (1 <= count <= size, flat
@@ -375,5 +324,5 @@ MSMIX_BLOCK_FN void draw_pairs(Exec& exec, DrawShared<acc_t>& sh, const DrawArgs
   }
 }
 
-}  // namespace block_draw
+}  // namespace block
 }  // namespace msmix

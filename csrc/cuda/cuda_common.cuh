@@ -1,6 +1,7 @@
 // Device helpers shared by the CUDA kernels of msmix_ext: block reductions,
-// 16-byte vectors, and IEEE multiply/add that nvcc may not fuse into an FMA
-// (so that the mixing kernels round exactly like the CPU kernels).
+// the one-block executor, 16-byte vectors, and IEEE multiply/add that nvcc
+// may not fuse into an FMA (so that the mixing kernels round exactly like the
+// CPU kernels).
 #pragma once
 
 #include <cstdint>
@@ -63,6 +64,23 @@ __device__ T block_reduce(T value, Op op, T identity, T* shared) {
   __syncthreads();
   return shared[kWarpSize];
 }
+
+// The executor of block_sort.h's one-block algorithms: their phases separated
+// by the block's barriers.
+struct BlockExec {
+  __device__ int threads() const { return static_cast<int>(blockDim.x); }
+  template <typename F>
+  __device__ void each(F f) const {
+    f(static_cast<int>(threadIdx.x));
+    __syncthreads();
+  }
+  template <typename F>
+  __device__ void single(F f) const {
+    if (threadIdx.x == 0) f();
+    __syncthreads();
+  }
+  __device__ static uint32_t atomic_inc(uint32_t* p) { return atomicAdd(p, 1u); }
+};
 
 // kVec elements loaded or stored as one 16-byte access. Copies go through the
 // uint4 member: a struct of c10::Half copied member by member would be

@@ -8,10 +8,11 @@
 //
 // One launch serves up to kMaxTasks tensors of one dtype (blockIdx.z picks
 // the tensor). Launches: mix = 1 (2 when the labels' dtype differs from the
-// features'); mix_backward = 1 (inverse-index entries) + one stable at::sort
-// of the 2K entries (both only when a source gradient is requested) + 1
-// gather (source gradients) + 1 ratio-gradient kernel, each of the last two
-// doubled when the labels' dtype differs.
+// features'); mix_backward = the inverse index (only when a source gradient
+// is requested: one block up to K = 2048, block_sort.h, else an entries kernel
+// and a stable at::sort of the 2K entries) + 1 gather (source gradients) + 1
+// ratio-gradient kernel, each of the last two doubled when the labels' dtype
+// differs.
 //
 // The source gradients always take the deterministic gather path: the
 // inverse index is one small sort, so atomics would save little, and one
@@ -20,6 +21,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/sort.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -36,6 +38,7 @@
 #include "../checks.h"
 #include "../mix_math.h"
 #include "../rows.h"
+#include "block_sort.h"
 #include "cuda_common.cuh"
 
 namespace msmix {
@@ -45,6 +48,8 @@ using gpu::ceil_div;
 using gpu::kWarpSize;
 
 constexpr int kThreads = 256;
+constexpr int64_t kBlockInverseMaxEntries = 4096;  // 2K: one block sorts them (a guess to measure on a GPU)
+constexpr int kInverseThreads = 512;
 constexpr int kMaxTasks = 8;            // tensors per launch
 constexpr int64_t kMaxGridY = 65535;    // column chunks beyond this loop inside the kernel
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
@@ -189,6 +194,18 @@ __global__ void inverse_entries_kernel(const int64_t* __restrict__ idx1,
   const int64_t row = entry_is_second(e) ? idx2[k] : idx1[k];
   CUDA_KERNEL_ASSERT(row >= 0 && row < batch);
   rows[e] = row;
+}
+
+// The inverse index in one block: the entries stably sorted by source row
+// (block_sort.h), written as the sorted rows and their entries.
+__global__ void __launch_bounds__(kInverseThreads)
+    inverse_index_block_kernel(const int64_t* __restrict__ idx1, const int64_t* __restrict__ idx2,
+                               int64_t batch, int64_t num_mix, int64_t* __restrict__ rows,
+                               int64_t* __restrict__ entries) {
+  for (int64_t k = threadIdx.x; k < num_mix; k += blockDim.x)
+    CUDA_KERNEL_ASSERT(idx1[k] >= 0 && idx1[k] < batch && idx2[k] >= 0 && idx2[k] < batch);
+  gpu::BlockExec exec;
+  block::sort_inverse_index(exec, idx1, idx2, num_mix, reinterpret_cast<uint64_t*>(rows), entries);
 }
 
 // grad_src[b] = grad_out[b] + sum over the entries e reading row b, in
@@ -438,7 +455,15 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> mix_back
   // entries are a segment in ascending entry order (the CPU's summation order).
   const int64_t num_entries = 2 * num_mix;
   at::Tensor sorted_rows, sorted_entries;
-  if ((need_feats || need_labels) && num_entries > 0) {
+  if ((need_feats || need_labels) && num_entries > 0 && num_entries <= kBlockInverseMaxEntries) {
+    // Row indices < B sort as uint64 as they do as int64; the padding sorts after them.
+    sorted_rows = at::empty({block::sort_capacity(num_entries)}, i1.options());
+    sorted_entries = at::empty_like(sorted_rows);
+    inverse_index_block_kernel<<<1, kInverseThreads, 0, stream>>>(
+        i1.const_data_ptr<int64_t>(), i2.const_data_ptr<int64_t>(), batch, num_mix,
+        sorted_rows.mutable_data_ptr<int64_t>(), sorted_entries.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else if ((need_feats || need_labels) && num_entries > 0) {
     at::Tensor rows = at::empty({num_entries}, i1.options());
     inverse_entries_kernel<<<static_cast<unsigned>(ceil_div(num_entries, kThreads)), kThreads, 0, stream>>>(
         i1.const_data_ptr<int64_t>(), i2.const_data_ptr<int64_t>(), batch, num_entries,

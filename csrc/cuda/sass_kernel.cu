@@ -69,7 +69,7 @@ constexpr int64_t kExcludedKey = std::numeric_limits<int64_t>::max();
 constexpr int kMaxRowSources = 8;            // modalities normalised per launch
 // The one-block draw: up to B = 256 and K = 65536 (a guess to be measured on
 // a GPU: where one block's pass over the pairs stops beating a grid and sorts).
-constexpr int kDrawThreads = block_draw::kMaxThreads;
+constexpr int kDrawThreads = block::kMaxThreads;
 constexpr int64_t kBlockDrawMaxPairs = 65536;
 constexpr int64_t kBlockDrawMaxMix = 65536;
 
@@ -401,29 +401,13 @@ __global__ void select_pairs_kernel(
   }
 }
 
-// The drawing block: block_draw.h's phases separated by the block's barriers.
-struct BlockExec {
-  __device__ int threads() const { return static_cast<int>(blockDim.x); }
-  template <typename F>
-  __device__ void each(F f) const {
-    f(static_cast<int>(threadIdx.x));
-    __syncthreads();
-  }
-  template <typename F>
-  __device__ void single(F f) const {
-    if (threadIdx.x == 0) f();
-    __syncthreads();
-  }
-  __device__ static uint32_t atomic_inc(uint32_t* p) { return atomicAdd(p, 1u); }
-};
-
 template <typename acc_t>
 __global__ void __launch_bounds__(kDrawThreads)
-    draw_pairs_block_kernel(block_draw::DrawArgs<acc_t> args, SeedArg seed_arg) {
-  __shared__ block_draw::DrawShared<acc_t> shared;
+    draw_pairs_block_kernel(block::DrawArgs<acc_t> args, SeedArg seed_arg) {
+  __shared__ block::DrawShared<acc_t> shared;
   args.seed = seed_arg.get();
-  BlockExec exec;
-  block_draw::draw_pairs(exec, shared, args);
+  gpu::BlockExec exec;
+  block::draw_pairs(exec, shared, args);
 }
 
 // The Gram sums of the normalised rows z [B, sum of widths]: partial[split] =
@@ -533,22 +517,22 @@ DrawnPairs block_draw_pairs(at::TensorList feats, int64_t num_mix, double thresh
   const int64_t batch = feats[0].size(0), num_pairs = batch * batch;
   const auto index_options = feats[0].options().dtype(at::kLong);
   const GramSums sums = gram_sums(feats);
-  const int64_t capacity = block_draw::sort_capacity(std::max(num_mix, fallback_candidates(num_mix, batch)));
+  const int64_t capacity = block::sort_capacity(std::max(num_mix, fallback_candidates(num_mix, batch)));
   // Row 0: keys (uint64 in int64 storage), row 1: flat indices; items, ranked, chosen.
   at::Tensor scratch = at::empty({2, num_pairs + 2 * capacity}, index_options);
   int64_t* keys = scratch.mutable_data_ptr<int64_t>();
   int64_t* flats = keys + scratch.size(1);
   auto list = [&](int64_t begin) {
-    return block_draw::KeyedList{reinterpret_cast<uint64_t*>(keys + begin), flats + begin};
+    return block::KeyedList{reinterpret_cast<uint64_t*>(keys + begin), flats + begin};
   };
-  const block_draw::DrawScratch lists{list(0), list(num_pairs), list(num_pairs + capacity), capacity};
+  const block::DrawScratch lists{list(0), list(num_pairs), list(num_pairs + capacity), capacity};
   DrawnPairs out;
   out.idx1 = at::empty({num_mix}, index_options);
   out.idx2 = at::empty({num_mix}, index_options);
   out.lam0 = at::empty({num_mix}, sums.partial.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(sums.partial.scalar_type(), "msmix_draw_pairs", [&] {
-    block_draw::RatioArgs<scalar_t> ratio_args{};
+    block::RatioArgs<scalar_t> ratio_args{};
     at::Tensor source, label_rows, bounds;
     if (intensities != nullptr) {
       source = intensities->contiguous();
@@ -564,7 +548,7 @@ DrawnPairs block_draw_pairs(at::TensorList feats, int64_t num_mix, double thresh
                     r.lam.mutable_data_ptr<scalar_t>(), r.lam_label.mutable_data_ptr<scalar_t>(),
                     picked_labels(label_rows, r.labels1, r.labels2)};
     }
-    const block_draw::DrawArgs<scalar_t> args{
+    const block::DrawArgs<scalar_t> args{
         sums.partial.mutable_data_ptr<scalar_t>(), sums.splits, static_cast<scalar_t>(feats.size()), batch,
         num_mix, static_cast<scalar_t>(threshold), 0, alpha, lists, out.idx1.mutable_data_ptr<int64_t>(),
         out.idx2.mutable_data_ptr<int64_t>(), out.lam0.mutable_data_ptr<scalar_t>(), ratio_args};

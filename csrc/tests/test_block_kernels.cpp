@@ -1,8 +1,9 @@
-// The CUDA small-batch pair draw (csrc/cuda/block_draw.h) run on the CPU by a
-// sequential executor, against independent computations: its radix selection
-// against std::sort, and its whole draw (with and without fused_mix's ratios
-// and picked labels) against the CPU operator msmix::fused_mix, bit for bit,
-// on the CPU's own S'. What this cannot see
+// The one-block CUDA kernels' code (csrc/cuda/block_draw.h, block_sort.h) run
+// on the CPU by a sequential executor, against independent computations: the
+// radix selection against std::sort, the whole draw (with and without
+// fused_mix's ratios and picked labels) against the CPU operator
+// msmix::fused_mix, bit for bit, on the CPU's own S', and the inverse index of
+// mix_backward against the CPU kernel's counting sort. What this cannot see
 // (the barriers and atomics of a real block) the CUDA tests check on a GPU.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -18,10 +19,12 @@
 #include <vector>
 
 #include "../cuda/block_draw.h"
+#include "../cuda/block_sort.h"
+#include "../mix_math.h"
 
 namespace {
 
-using namespace msmix::block_draw;
+using namespace msmix::block;
 
 int failures = 0;
 
@@ -243,10 +246,37 @@ void test_split_sums() {
 
 }  // namespace
 
+// sort_inverse_index against mix_math.h's counting sort (the CPU mix_backward's).
+void test_inverse_index() {
+  std::mt19937_64 rng(4);
+  int cases = 0;
+  for (int64_t batch : {2, 3, 17, 300}) {
+    for (int64_t num_mix : {int64_t{1}, int64_t{5}, batch, 3 * batch + 1, int64_t{700}}) {
+      std::vector<int64_t> idx1(num_mix), idx2(num_mix);
+      for (int64_t k = 0; k < num_mix; ++k) {
+        idx1[k] = static_cast<int64_t>(rng() % batch);
+        idx2[k] = static_cast<int64_t>(rng() % batch);
+      }
+      const msmix::MixInverseIndex want = msmix::build_inverse_index(idx1.data(), idx2.data(), batch, num_mix);
+      ListStorage sorted(sort_capacity(2 * num_mix));
+      SequentialExec exec{num_mix % 2 == 0 ? 64 : 512, num_mix % 3 == 0};
+      sort_inverse_index(exec, idx1.data(), idx2.data(), num_mix, sorted.key.data(), sorted.flat.data());
+      bool ok = true;
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t p = want.offsets[b]; p < want.offsets[b + 1]; ++p)
+          ok = ok && sorted.flat[p] == want.entries[p] && sorted.key[p] == static_cast<uint64_t>(b);
+      expect(ok, "sort_inverse_index: B " + std::to_string(batch) + ", K " + std::to_string(num_mix));
+      ++cases;
+    }
+  }
+  std::cout << "ok   the inverse index equals the CPU counting sort (" << cases << " cases)\n";
+}
+
 int main() {
   test_select_smallest();
+  test_inverse_index();
   test_draw_matches_cpu_operator();
   test_split_sums();
-  std::cout << (failures == 0 ? "all block-draw tests passed" : "block-draw tests failed") << "\n";
+  std::cout << (failures == 0 ? "all block-kernel tests passed" : "block-kernel tests failed") << "\n";
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
