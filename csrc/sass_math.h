@@ -84,6 +84,16 @@ MSMIX_HOST_DEVICE constexpr acc_t degenerate_similarity_range() {
   return sizeof(acc_t) >= 8 ? acc_t(1e-8) : acc_t(1.0 / 65536.0);
 }
 
+// S_ij from the CUDA Gram kernel's sums over column splits, partial
+// [splits, B, B] (plane = B * B): the splits added in order, then / M.
+template <typename acc_t>
+MSMIX_HOST_DEVICE acc_t summed_similarity(const acc_t* partial, int64_t splits, int64_t plane, int64_t flat,
+                                          acc_t num_modalities) {
+  acc_t v = partial[flat];
+  for (int64_t split = 1; split < splits; ++split) v += partial[split * plane + flat];
+  return v / num_modalities;
+}
+
 // Row normalisation (design.md §4.1), one formula on both devices: a row is
 // scaled by the reciprocal of its largest magnitude before its squares are
 // summed, so large fp16/bf16/fp32 values cannot overflow the sum, then by the
@@ -105,9 +115,12 @@ MSMIX_HOST_DEVICE acc_t inverse_row_norm(acc_t max_abs, acc_t scaled_sum_sq) {
 }
 
 // Min-max normalisation of the off-diagonal similarities (design.md §4.3).
+// NaN (a sample with non-finite features, CUDA only: the CPU rejects them)
+// stays NaN, even when every other entry is NaN too.
 template <typename acc_t>
 MSMIX_HOST_DEVICE acc_t normalise_similarity(acc_t s, acc_t lo, acc_t hi, bool diagonal) {
   if (diagonal) return acc_t(0);
+  if (s != s) return s;
   const acc_t range = hi - lo;
   return range <= degenerate_similarity_range<acc_t>() ? acc_t(0.5) : (s - lo) / range;
 }

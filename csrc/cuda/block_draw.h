@@ -42,13 +42,17 @@ struct DrawShared {
   bool done;
 };
 
-// Scratch in global memory, sized by the host (block_draw_pairs, sass_kernel.cu):
-// `items` holds every ordered pair of the batch; `ranked` and `chosen` hold
-// `capacity` (a power of two >= max(K, C)) items each.
+// Scratch in global memory: `items` holds every ordered pair of the batch;
+// `ranked` and `chosen` hold list_capacity(K, B) items each.
 struct DrawScratch {
   KeyedList items, ranked, chosen;
-  int64_t capacity;
 };
+
+// The sorted lists' length: a power of two >= max(K, C).
+MSMIX_HOST_DEVICE int64_t list_capacity(int64_t num_mix, int64_t batch) {
+  const int64_t candidates = fallback_candidates(num_mix, batch);
+  return sort_capacity(num_mix > candidates ? num_mix : candidates);
+}
 
 // fused_mix's ratios (design.md §5) and picked labels, made by the drawing
 // block right after the pairs: mix_ratios_cuda's computation, for intensities
@@ -188,9 +192,7 @@ MSMIX_BLOCK_FN void similarity_bounds(Exec& exec, DrawShared<acc_t>& sh, const D
   exec.each([&](int tid) {
     acc_t lo = kInf, hi = -kInf;
     for (int64_t flat = tid; flat < n; flat += threads) {
-      acc_t v = args.partial[flat];
-      for (int64_t split = 1; split < args.splits; ++split) v += args.partial[split * n + flat];
-      v = v / args.num_modalities;
+      const acc_t v = summed_similarity(args.partial, args.splits, n, flat, args.num_modalities);
       args.partial[flat] = v;
       // NaN (non-finite features on CUDA) never wins a comparison: left out.
       if (pair_row(flat, batch) != pair_col(flat, batch)) {
@@ -222,12 +224,10 @@ MSMIX_BLOCK_FN void similarity_bounds(Exec& exec, DrawShared<acc_t>& sh, const D
   });
 }
 
-// S' of pair `flat` (design.md §4.3); NaN stays NaN off the diagonal.
+// S' of pair `flat` (design.md §4.3).
 template <typename acc_t>
 MSMIX_HOST_DEVICE acc_t pair_similarity(const DrawShared<acc_t>& sh, const acc_t* s, int64_t flat, int64_t batch) {
-  const bool diagonal = pair_row(flat, batch) == pair_col(flat, batch);
-  const acc_t v = s[flat];
-  return !diagonal && v != v ? v : normalise_similarity<acc_t>(v, sh.lo, sh.hi, diagonal);
+  return normalise_similarity<acc_t>(s[flat], sh.lo, sh.hi, pair_row(flat, batch) == pair_col(flat, batch));
 }
 
 // The whole draw: idx1, idx2 and lam0 of design.md §4.5-4.6 and §5 from the

@@ -99,13 +99,6 @@ __device__ __forceinline__ int64_t ordered_key(uint64_t key) {
   return static_cast<int64_t>(key ^ (uint64_t{1} << 63));
 }
 
-// normalise_similarity of sass_math.h, except that NaN (a sample with
-// non-finite features) stays NaN even when every other entry is NaN too.
-template <typename acc_t>
-__device__ __forceinline__ acc_t normalised(acc_t s, acc_t lo, acc_t hi, bool diagonal) {
-  return !diagonal && isnan(s) ? s : normalise_similarity<acc_t>(s, lo, hi, diagonal);
-}
-
 // The min and max of the off-diagonal of S from the per-block bounds
 // [count, 2] of similarity_reduce_kernel. Every thread of the block calls it.
 template <typename acc_t>
@@ -249,9 +242,7 @@ __global__ void similarity_reduce_kernel(const acc_t* partial, int64_t splits, i
   acc_t lo = kInf, hi = -kInf;
   for (int64_t flat = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; flat < n;
        flat += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    acc_t v = partial[flat];
-    for (int64_t split = 1; split < splits; ++split) v += partial[split * n + flat];
-    v = v / num_modalities;
+    const acc_t v = summed_similarity(partial, splits, n, flat, num_modalities);
     s[flat] = v;
     if (pair_row(flat, batch) != pair_col(flat, batch)) {
       lo = gpu::MinOp<acc_t>()(lo, v);
@@ -276,7 +267,7 @@ __global__ void normalise_similarity_kernel(acc_t* s, const acc_t* bounds, int64
   const int64_t n = batch * batch;
   for (int64_t flat = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; flat < n;
        flat += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    s[flat] = normalised<acc_t>(s[flat], lo, hi, pair_row(flat, batch) == pair_col(flat, batch));
+    s[flat] = normalise_similarity<acc_t>(s[flat], lo, hi, pair_row(flat, batch) == pair_col(flat, batch));
   }
 }
 
@@ -301,7 +292,7 @@ __global__ void pair_keys_kernel(const acc_t* s, const acc_t* bounds, int64_t nu
   for (int64_t flat = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; flat < n;
        flat += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = pair_row(flat, batch), j = pair_col(flat, batch);
-    const acc_t similarity = normalised<acc_t>(s[flat], lo, hi, i == j);
+    const acc_t similarity = normalise_similarity<acc_t>(s[flat], lo, hi, i == j);
     int64_t key = kExcludedKey;
     if (i != j && similarity > threshold) {  // NaN compares false: never valid
       const uint64_t random_key = valid_pair_key(seed, flat);
@@ -390,7 +381,7 @@ __global__ void select_pairs_kernel(
       while (p < n) {
         const int64_t f = valid_order[p++];
         const int64_t i = pair_row(f, batch), j = pair_col(f, batch);
-        if (i != j && normalised<acc_t>(s[f], lo, hi, false) > threshold) {
+        if (i != j && normalise_similarity<acc_t>(s[f], lo, hi, false) > threshold) {
           flat = f;
           break;
         }
@@ -517,7 +508,7 @@ DrawnPairs block_draw_pairs(at::TensorList feats, int64_t num_mix, double thresh
   const int64_t batch = feats[0].size(0), num_pairs = batch * batch;
   const auto index_options = feats[0].options().dtype(at::kLong);
   const GramSums sums = gram_sums(feats);
-  const int64_t capacity = block::sort_capacity(std::max(num_mix, fallback_candidates(num_mix, batch)));
+  const int64_t capacity = block::list_capacity(num_mix, batch);
   // Row 0: keys (uint64 in int64 storage), row 1: flat indices; items, ranked, chosen.
   at::Tensor scratch = at::empty({2, num_pairs + 2 * capacity}, index_options);
   int64_t* keys = scratch.mutable_data_ptr<int64_t>();
@@ -525,7 +516,7 @@ DrawnPairs block_draw_pairs(at::TensorList feats, int64_t num_mix, double thresh
   auto list = [&](int64_t begin) {
     return block::KeyedList{reinterpret_cast<uint64_t*>(keys + begin), flats + begin};
   };
-  const block::DrawScratch lists{list(0), list(num_pairs), list(num_pairs + capacity), capacity};
+  const block::DrawScratch lists{list(0), list(num_pairs), list(num_pairs + capacity)};
   DrawnPairs out;
   out.idx1 = at::empty({num_mix}, index_options);
   out.idx2 = at::empty({num_mix}, index_options);

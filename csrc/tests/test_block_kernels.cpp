@@ -140,7 +140,7 @@ bool same_draw(const std::vector<at::Tensor>& feats, int64_t num_mix, double thr
   for (int run = 0; run < 3; ++run) {
     const bool with_ratios = run > 0, reversed = run == 2;
     at::Tensor partial = s.clone();
-    const int64_t capacity = sort_capacity(std::max(num_mix, msmix::fallback_candidates(num_mix, batch)));
+    const int64_t capacity = list_capacity(num_mix, batch);
     ListStorage items(batch * batch), ranked(capacity), chosen(capacity);
     std::vector<int64_t> idx1(num_mix, -1), idx2(num_mix, -1);
     std::vector<acc_t> lam0(num_mix), lam(num_modalities * num_mix), lam_label(num_mix), bounds(2 * num_modalities);
@@ -153,7 +153,7 @@ bool same_draw(const std::vector<at::Tensor>& feats, int64_t num_mix, double thr
                                     reinterpret_cast<unsigned char*>(labels2.data()), sizeof(double)}};
     DrawArgs<acc_t> args{partial.data_ptr<acc_t>(), 1, acc_t(1), batch, num_mix, static_cast<acc_t>(threshold),
                          static_cast<uint64_t>(seed), alpha,
-                         DrawScratch{items.list(), ranked.list(), chosen.list(), capacity},
+                         DrawScratch{items.list(), ranked.list(), chosen.list()},
                          idx1.data(), idx2.data(), lam0.data(), ratios};
     DrawShared<acc_t> shared;
     SequentialExec exec{threads, reversed};
@@ -226,12 +226,12 @@ void test_split_sums() {
   const at::Tensor parts = at::randn({3, batch, batch});
   const at::Tensor expected = (parts[0] + parts[1] + parts[2]) / 2.0f;
   at::Tensor partial = parts.clone();
-  const int64_t capacity = sort_capacity(2 * num_mix);
+  const int64_t capacity = list_capacity(num_mix, batch);
   ListStorage items(batch * batch), ranked(capacity), chosen(capacity);
   std::vector<int64_t> idx1(num_mix), idx2(num_mix);
   std::vector<float> lam0(num_mix);
   DrawArgs<float> args{partial.data_ptr<float>(), 3, 2.0f, batch, num_mix, 0.5f, 5, 2.0,
-                       DrawScratch{items.list(), ranked.list(), chosen.list(), capacity},
+                       DrawScratch{items.list(), ranked.list(), chosen.list()},
                        idx1.data(), idx2.data(), lam0.data()};
   DrawShared<float> shared;
   SequentialExec exec{128};
