@@ -16,6 +16,7 @@
 #include "../checks.h"
 #include "../rows.h"
 #include "../sass_math.h"
+#include "gram_tiles.h"
 #include "row_loops.h"
 
 namespace msmix {
@@ -69,30 +70,34 @@ void normalise_similarity_kernel(at::Tensor& gram, int64_t num_modalities) {
   });
 }
 
-// Gram products by msmix's own dot products below this many rows, by tiled GEMMs from it.
+// Gram products by msmix's own dot products below this many rows, by its own tiled GEMM from it.
 constexpr int64_t kMinTiledBatch = 256;
 
 // The upper triangle (with the diagonal) of G_n = X_n X_n^T for each of the N
 // tensors xs[n] [B, width_n] into grams (N B^2 contiguous elements, G_n from
 // element n B^2), the same bits for any number of threads (design.md,
 // "Determinism"); entries below the diagonal may be written too, and are never
-// read. (One at::mm would do, but the BLAS's split of the rows among threads
-// changes its last bits.) All N in one parallel region: at small B a region's
-// start and its threads' uneven finish cost about as much as a Gram matrix
-// (similarity of 3 x [64, 128], 2 threads: 28.8 -> 27.0 us).
+// read. (One at::mm would do, but the BLAS's split of the work among threads
+// changes its last bits, even within one tile: design.md, "Determinism".)
+// All N in one parallel region: at small B a region's start and its threads'
+// uneven finish cost about as much as a Gram matrix (similarity of
+// 3 x [64, 128], 2 threads: 28.8 -> 27.0 us).
 //
 // Below kMinTiledBatch rows: msmix's own dot products (row_loops.h), two rows
 // of G per task, the tasks folded so that each thread's contiguous share holds
 // long and short rows alike. Rows wider than kChunkBytes of X in all go in k
 // chunks, each done by every task before the next, so that a thread's chunk
-// of X stays in its core's cache. From kMinTiledBatch rows: GEMMs of square
-// tiles of the upper triangle, fixed by B alone, one tile per task inside a
-// parallel region, where the BLAS runs each tile on one thread.
+// of X stays in its core's cache. From kMinTiledBatch rows: square tiles of
+// the upper triangle, one per task, each by gram_tiles.h's fma chains.
 //
-// Measured against one at::mm (similarity as a whole, 2 threads, float32):
-// 3 x [B, 128]: B = 4..64 0.6-0.8x the time, B = 128..512 0.8-0.95x;
-// 3 x [B, 8, 128]: B = 16..128 0.6-0.7x, B = 256..4096 0.8-0.93x;
-// mosi/mosei-sized rows at B = 64: 0.6-0.7x.
+// Measured against one at::mm (similarity as a whole, 2 threads, float32, AMD
+// EPYC): 3 x [B, 128]: B = 4..64 0.6-0.8x the time, B = 128 0.8-0.95x;
+// 3 x [B, 8, 128]: B = 16..128 0.6-0.7x; mosi/mosei-sized rows at B = 64:
+// 0.6-0.7x. From 256 rows, against the MKL tiles they replaced (2-core Intel
+// Xeon, medians of 3 interleaved rounds, each round itself 0.7-1.5x apart):
+// 3 x [B, 8, 128] 1.0x at B = 256 and 512, 1.2x at 1024, 1.3x at 2048, and
+// sass_select at B = 4096 0.9-1.0x; mosei-sized rows at B = 256 1.25x;
+// float64 1.0x. The price of bits that no thread count or CPU model moves.
 void upper_grams(const std::vector<at::Tensor>& xs, const at::Tensor& grams) {
   constexpr int64_t kChunkBytes = 512 * 1024, kMacsPerTask = 65536;
   const int64_t batch = xs[0].size(0), plane = batch * batch, num_grams = static_cast<int64_t>(xs.size());
@@ -133,23 +138,28 @@ void upper_grams(const std::vector<at::Tensor>& xs, const at::Tensor& grams) {
     });
     return;
   }
-  const int64_t tile = std::clamp<int64_t>((batch + 7) / 8, 64, 256);  // at least 4 row blocks
+  // Square tiles of 64 to 256 rows, at least 4 tiles per thread. The tiling
+  // does not move a bit (gram_tiles.h), so it may follow the thread count.
+  const auto row_blocks =
+      std::max<int64_t>(4, static_cast<int64_t>(std::ceil(std::sqrt(8.0 * at::get_num_threads()))));
+  const int64_t tile = std::clamp<int64_t>((batch + row_blocks - 1) / row_blocks, 64, 256);
   const int64_t num_blocks = (batch + tile - 1) / tile, num_tiles = num_blocks * (num_blocks + 1) / 2;
-  const at::Tensor planes = grams.view({num_grams, batch, batch});
-  at::parallel_for(0, num_grams * num_tiles, 1, [&](int64_t begin, int64_t end) {
-    // On the pool's threads too (the guard in normalised_similarity is thread-local).
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t task = begin; task < end; ++task) {
-      // Tile t of Gram n is (row block rb, column block cb >= rb), row block by row block.
-      const int64_t n = task / num_tiles, t = task % num_tiles;
-      int64_t rb = 0, first = 0;
-      while (t >= first + num_blocks - rb) first += num_blocks - rb++;
-      const int64_t cb = rb + t - first;
-      const int64_t r0 = rb * tile, c0 = cb * tile;
-      const int64_t rows = std::min(tile, batch - r0), cols = std::min(tile, batch - c0);
-      at::Tensor out = planes.select(0, n).narrow(0, r0, rows).narrow(1, c0, cols);
-      at::mm_out(out, xs[n].narrow(0, r0, rows), xs[n].narrow(0, c0, cols).t());
-    }
+  AT_DISPATCH_FLOATING_TYPES(grams.scalar_type(), "gram_tiles", [&] {
+    const GramTileFn<scalar_t> gram_tile = gram_tile_kernel<scalar_t>();
+    scalar_t* out = grams.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, num_grams * num_tiles, 1, [&](int64_t begin, int64_t end) {
+      GramScratch<scalar_t> scratch;
+      for (int64_t task = begin; task < end; ++task) {
+        // Tile t of Gram n is (row block rb, column block cb >= rb), row block by row block.
+        const int64_t n = task / num_tiles, t = task % num_tiles;
+        int64_t rb = 0, first = 0;
+        while (t >= first + num_blocks - rb) first += num_blocks - rb++;
+        const int64_t cb = rb + t - first;
+        const int64_t r0 = rb * tile, c0 = cb * tile;
+        gram_tile(xs[n].const_data_ptr<scalar_t>(), xs[n].size(1), r0, std::min(tile, batch - r0), c0,
+                  std::min(tile, batch - c0), out + n * plane + r0 * batch + c0, batch, scratch);
+      }
+    });
   });
 }
 
