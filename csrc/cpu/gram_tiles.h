@@ -137,10 +137,11 @@ constexpr int kTwoVectors = static_cast<int>(2 * VectorBytes / sizeof(T));
 template <typename T>
 using GramTileFn = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, T*, int64_t, GramScratch<T>&);
 
-// The versions, each with the register block that measured best for it (one
-// core of an Intel Xeon, G of [512, 3072] float: AVX-512 8 x 32 at 92% of the
-// FMA units' peak; FMA on 256-bit vectors 6 x 16 against 6 x 32, which spills,
-// 1.4x as fast). Without FMA the block is that of 256-bit FMA.
+// The versions, each with the register block that measured best for it among
+// 6 x 16, 8 x 16, 4 x 32, 6 x 32, 8 x 32, 12 x 32 and 4 x 48 (2 threads of an
+// Intel Xeon, G of [2048, 3072] float: AVX-512 8 x 32 at 92 GMAC/s, 6 x 16 at
+// 73; 256-bit FMA 6 x 16 at 51, 6 x 32 at 37, as it spills). Without FMA the
+// block is that of 256-bit FMA.
 template <typename T>
 void gram_tile_portable(const T* x, int64_t width, int64_t r0, int64_t rows, int64_t c0, int64_t cols, T* out,
                         int64_t ldo, GramScratch<T>& scratch) {
