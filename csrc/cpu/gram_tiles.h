@@ -90,15 +90,17 @@ MSMIX_GRAM_INLINE void pack_panels(const T* x, int64_t width, int64_t first, int
   }
 }
 
-// out[i, j] = G[r0 + i, c0 + j] for i < rows, j < cols (out's row stride ldo),
-// where x is [B, width] row-major. On a diagonal tile (r0 == c0) only j >= i is
-// computed and written.
+// out[i, j] = G[r0 + i, c0 + j] for i < rows, j < cols (out's row stride ldo)
+// on and above G's diagonal (r0 + i <= c0 + j), where x is [B, width]
+// row-major. Entries below the diagonal are neither written nor, as far as
+// whole register blocks allow, computed. A tile may be any rectangle: a tall
+// one (a column strip of G's upper triangle) packs its columns once for all
+// its rows.
 template <typename T, int MR, int NR>
 MSMIX_GRAM_INLINE void gram_tile_body(const T* x, int64_t width, int64_t r0, int64_t rows, int64_t c0, int64_t cols,
                                       T* out, int64_t ldo, GramScratch<T>& scratch) {
   const int64_t row_panels = (rows + MR - 1) / MR, col_panels = (cols + NR - 1) / NR;
   const int64_t ldc = col_panels * NR;
-  const bool diagonal = r0 == c0;
   const int64_t depth = std::min(kGramDepth, width);
   scratch.cols.resize(col_panels * NR * depth);
   scratch.last_rows.resize(MR * depth);
@@ -119,15 +121,16 @@ MSMIX_GRAM_INLINE void gram_tile_body(const T* x, int64_t width, int64_t r0, int
       const bool full = p < full_row_panels;
       const T* a = full ? x + (r0 + p * MR) * width + k0 : scratch.last_rows.data();
       for (int64_t q = 0; q < col_panels; ++q) {
-        // On a diagonal tile, blocks wholly below the diagonal are not needed.
-        if (diagonal && (q + 1) * NR <= p * MR) continue;
+        if (c0 + (q + 1) * NR <= r0 + p * MR) continue;  // wholly below the diagonal
         gram_block<T, MR, NR>(kc, a, full ? width : kc, scratch.cols.data() + q * kc * NR,
                               c + p * MR * ldc + q * NR, ldc, k0 == 0);
       }
     }
   }
-  for (int64_t i = 0; i < rows; ++i)
-    std::copy(c + i * ldc + (diagonal ? i : 0), c + i * ldc + cols, out + i * ldo + (diagonal ? i : 0));
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t j0 = std::clamp<int64_t>(r0 + i - c0, 0, cols);
+    std::copy(c + i * ldc + j0, c + i * ldc + cols, out + i * ldo + j0);
+  }
 }
 
 // Register blocks of two vectors per row (of VectorBytes each).

@@ -87,17 +87,20 @@ constexpr int64_t kMinTiledBatch = 256;
 // of G per task, the tasks folded so that each thread's contiguous share holds
 // long and short rows alike. Rows wider than kChunkBytes of X in all go in k
 // chunks, each done by every task before the next, so that a thread's chunk
-// of X stays in its core's cache. From kMinTiledBatch rows: square tiles of
-// the upper triangle, one per task, each by gram_tiles.h's fma chains.
+// of X stays in its core's cache. From kMinTiledBatch rows: column strips of
+// the upper triangle, two per task, each by gram_tiles.h's fma chains.
 //
 // Measured against one at::mm (similarity as a whole, 2 threads, float32, AMD
 // EPYC): 3 x [B, 128]: B = 4..64 0.6-0.8x the time, B = 128 0.8-0.95x;
 // 3 x [B, 8, 128]: B = 16..128 0.6-0.7x; mosi/mosei-sized rows at B = 64:
 // 0.6-0.7x. From 256 rows, against the MKL tiles they replaced (2-core Intel
-// Xeon, medians of 3 interleaved rounds, each round itself 0.7-1.5x apart):
-// 3 x [B, 8, 128] 1.0x at B = 256 and 512, 1.2x at 1024, 1.3x at 2048, and
-// sass_select at B = 4096 0.9-1.0x; mosei-sized rows at B = 256 1.25x;
-// float64 1.0x. The price of bits that no thread count or CPU model moves.
+// Xeon, the least of 4 interleaved rounds each, the rounds themselves 0.7-1.5x
+// apart): 3 x [B, 8, 128] at B = 256..2048 0.85-1.04x the time, float64
+// 0.8x, 3 x [512, 128] 1.2x, mosei-sized rows at B = 256 1.5x (MKL's
+// no-copy kernel suits rows that long best); sass_select at B = 4096
+// 0.95-1.2x (1.03-1.24x its GEMM). Below 256 rows (the training batches, the benchmark's B = 64) nothing
+// changed. The price, where there is one, of bits that no thread count or
+// CPU model moves.
 void upper_grams(const std::vector<at::Tensor>& xs, const at::Tensor& grams) {
   constexpr int64_t kChunkBytes = 512 * 1024, kMacsPerTask = 65536;
   const int64_t batch = xs[0].size(0), plane = batch * batch, num_grams = static_cast<int64_t>(xs.size());
@@ -138,26 +141,27 @@ void upper_grams(const std::vector<at::Tensor>& xs, const at::Tensor& grams) {
     });
     return;
   }
-  // Square tiles of 64 to 256 rows, at least 4 tiles per thread. The tiling
-  // does not move a bit (gram_tiles.h), so it may follow the thread count.
-  const auto row_blocks =
-      std::max<int64_t>(4, static_cast<int64_t>(std::ceil(std::sqrt(8.0 * at::get_num_threads()))));
-  const int64_t tile = std::clamp<int64_t>((batch + row_blocks - 1) / row_blocks, 64, 256);
-  const int64_t num_blocks = (batch + tile - 1) / tile, num_tiles = num_blocks * (num_blocks + 1) / 2;
+  // Column strips of the upper triangle, 32 to 256 wide: each packs its
+  // columns once for all its rows (gram_tiles.h). Task t takes strips t and
+  // num_strips - 1 - t, so that every task holds about the same work; at
+  // least 2 tasks per thread. The split does not move a bit, so it may follow
+  // the thread count.
+  const int64_t threads = at::get_num_threads();
+  const int64_t strip = std::clamp<int64_t>((batch / (4 * threads)) / 32 * 32, 32, 256);
+  const int64_t num_strips = (batch + strip - 1) / strip, tasks_per_gram = (num_strips + 1) / 2;
   AT_DISPATCH_FLOATING_TYPES(grams.scalar_type(), "gram_tiles", [&] {
     const GramTileFn<scalar_t> gram_tile = gram_tile_kernel<scalar_t>();
     scalar_t* out = grams.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, num_grams * num_tiles, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, num_grams * tasks_per_gram, 1, [&](int64_t begin, int64_t end) {
       GramScratch<scalar_t> scratch;
       for (int64_t task = begin; task < end; ++task) {
-        // Tile t of Gram n is (row block rb, column block cb >= rb), row block by row block.
-        const int64_t n = task / num_tiles, t = task % num_tiles;
-        int64_t rb = 0, first = 0;
-        while (t >= first + num_blocks - rb) first += num_blocks - rb++;
-        const int64_t cb = rb + t - first;
-        const int64_t r0 = rb * tile, c0 = cb * tile;
-        gram_tile(xs[n].const_data_ptr<scalar_t>(), xs[n].size(1), r0, std::min(tile, batch - r0), c0,
-                  std::min(tile, batch - c0), out + n * plane + r0 * batch + c0, batch, scratch);
+        const int64_t n = task / tasks_per_gram, t = task % tasks_per_gram;
+        const int64_t pair[2] = {t, num_strips - 1 - t};
+        for (int64_t k = 0; k < (pair[0] == pair[1] ? 1 : 2); ++k) {  // one middle strip if the count is odd
+          const int64_t c0 = pair[k] * strip, cols = std::min(strip, batch - c0);
+          gram_tile(xs[n].const_data_ptr<scalar_t>(), xs[n].size(1), 0, c0 + cols, c0, cols,
+                    out + n * plane + c0, batch, scratch);
+        }
       }
     });
   });

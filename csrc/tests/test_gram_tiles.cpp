@@ -1,6 +1,7 @@
 // The Gram tiles of csrc/cpu/gram_tiles.h, every version this CPU runs,
-// against a plain loop of std::fma per entry, bit for bit: tiles on and off
-// the diagonal, rows and columns that are not whole register blocks, widths
+// against a plain loop of std::fma per entry, bit for bit: tiles on, off and
+// across the diagonal (column strips), rows and columns that are not whole
+// register blocks, widths
 // around the depth of one pass (kGramDepth), float and double, and values
 // whose partial sums cancel (where a different order of the same products
 // would round differently).
@@ -42,7 +43,8 @@ void check_tiles(const char* dtype, std::mt19937_64& rng) {
       {300, 1, 0, 64, 0, 64},          {300, 255, 0, 64, 64, 64},     {300, 256, 64, 64, 0, 64},
       {300, 257, 37, 61, 100, 97},      {300, 1023, 256, 44, 256, 44}, {300, 700, 0, 300, 0, 300},
       {70, 513, 3, 5, 0, 70},          {70, 40, 32, 38, 32, 38},      {129, 2048, 0, 129, 32, 97},
-      {300, 0, 0, 10, 32, 10},         {33, 300, 0, 33, 0, 33}};
+      {300, 0, 0, 10, 32, 10},         {33, 300, 0, 33, 0, 33},       {300, 257, 0, 300, 256, 44},
+      {300, 700, 0, 192, 128, 64},     {300, 70, 20, 150, 100, 37},   {300, 300, 200, 100, 0, 300}};
   for (size_t v = 0; v < versions.size(); ++v) {
     msmix::GramScratch<T> scratch;
     for (const Case& c : cases) {
@@ -57,7 +59,7 @@ void check_tiles(const char* dtype, std::mt19937_64& rng) {
       for (int64_t i = 0; i < c.batch; ++i)
         for (int64_t j = 0; j < c.batch; ++j) {
           const bool in_tile = i >= c.r0 && i < c.r0 + c.rows && j >= c.c0 && j < c.c0 + c.cols;
-          const bool wanted = in_tile && (c.r0 != c.c0 || j >= i);
+          const bool wanted = in_tile && j >= i;
           const T got = out[i * c.batch + j];
           if (wanted) {
             const T want = fma_chain(x.data() + i * c.width, x.data() + j * c.width, c.width);
