@@ -6,7 +6,12 @@ loader picked."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
+from fractions import Fraction
+
+import numpy as np
 
 import pytest
 import torch
@@ -164,20 +169,93 @@ def dot_lanes(x: torch.Tensor) -> torch.Tensor:
     return lanes[..., 0]
 
 
+MIN_TILED_BATCH = 96  # csrc/cpu/sass_kernel.cpp kMinTiledBatch
+
+
+def fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """fma(a, b, c) of float32 tensors, rounded once, without an FMA: a * b is exact in
+    float64, the float64 sum p + c is made round-to-odd (TwoSum's error decides a step
+    towards it when the sum's last bit is even), and round-to-odd with 53 >= 2 * 24 + 2
+    bits rounds to float32 as the exact value would (Boldo and Melquiond, 2008)."""
+    p = a.double() * b.double()
+    c64 = c.double()
+    s = p + c64
+    bb = s - p
+    err = (p - (s - bb)) + (c64 - bb)
+    even = (s.view(torch.int64) & 1) == 0
+    toward = torch.where(err > 0, torch.full_like(s, math.inf), torch.full_like(s, -math.inf))
+    s = torch.where((err != 0) & even, torch.nextafter(s, toward), s)
+    return s.float()
+
+
+_LIBM = ctypes.CDLL(ctypes.util.find_library("m"))
+_LIBM.fma.restype = ctypes.c_double
+_LIBM.fma.argtypes = [ctypes.c_double] * 3
+
+
+def fma_chain_gram(x: torch.Tensor) -> torch.Tensor:
+    """csrc/cpu/gram_tiles.h's Gram products from kMinTiledBatch rows: each x_i . x_j one
+    chain fma(x_ik, x_jk, ...) over k in order from 0; upper triangle with the diagonal,
+    the rest mirrored (S' reads only the strict upper triangle). float32 by fma32, float64
+    by the C library's fma (correctly rounded, as C requires)."""
+    batch, width = x.shape
+    if x.dtype == torch.float32:
+        acc = torch.zeros(batch, batch)
+        for k in range(width):
+            acc = fma32(x[:, k, None].expand(batch, batch), x[None, :, k].expand(batch, batch), acc)
+        return acc.triu() + acc.triu(diagonal=1).T
+    rows = x.tolist()
+    out = torch.zeros(batch, batch, dtype=torch.float64)
+    for i in range(batch):
+        for j in range(i, batch):
+            acc, xi, xj = 0.0, rows[i], rows[j]
+            for k in range(width):
+                acc = _LIBM.fma(xi[k], xj[k], acc)
+            out[i, j] = out[j, i] = acc
+    return out
+
+
+def test_fma32_rounds_once():
+    # Against exact rational arithmetic: random triples, and triples built so that the
+    # float64 sum rounds onto a float32 halfway point the exact value is just below, where
+    # rounding twice picks the even neighbour and rounding once must not:
+    # (1 + 2^-23) + 2^-12 (1 + 2^-23) * 2^-12 (1 - 2^-23) = 1 + 2^-23 + 2^-24 - 2^-70.
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(4000, generator=g)
+    b = torch.randn(4000, generator=g)
+    c = torch.randn(4000, generator=g) * torch.exp2(torch.randint(-30, 30, (4000,), generator=g).float())
+    u = 2.0 ** -23
+    scales = torch.exp2(torch.arange(-20, 21, 5, dtype=torch.float32))
+    for sign in (1.0, -1.0):
+        a = torch.cat([a, sign * scales * 2.0 ** -12 * (1 + u)])
+        b = torch.cat([b, torch.full_like(scales, 2.0 ** -12 * (1 - u))])
+        c = torch.cat([c, sign * scales * (1 + u)])
+    got = fma32(a, b, c)
+    for ai, bi, ci, gi in zip(a.tolist(), b.tolist(), c.tolist(), got.tolist()):
+        exact = Fraction(ai) * Fraction(bi) + Fraction(ci)
+        below = np.nextafter(np.float32(gi), np.float32(-np.inf))
+        above = np.nextafter(np.float32(gi), np.float32(np.inf))
+        # gi is the float32 nearest the exact value (ties to even)
+        assert abs(Fraction(gi) - exact) <= abs(Fraction(float(below)) - exact)
+        assert abs(Fraction(gi) - exact) <= abs(Fraction(float(above)) - exact)
+
+
 @pytest.mark.parametrize("modalities", [1, 2])
 @pytest.mark.parametrize("batch,width", [(32, 64), (33, 67), (40, 1029), (100, 203), (32, 4133)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_similarity_sums_in_the_documented_order(batch, width, dtype, modalities):
     # Modalities of rows at least 2B wide take the Gram products of the unscaled rows
-    # (design.md §4.2); on any CPU (baseline or AVX2 clone) S' must equal that formula
-    # evaluated op by op here, bit for bit: S = (sum_m G_m,ij r_m,i r_m,j in order of m) / M.
+    # (design.md §4.2); on any CPU (baseline or AVX2 clone, any Gram-tile version) S' must
+    # equal that formula evaluated op by op here, bit for bit:
+    # S = (sum_m G_m,ij r_m,i r_m,j in order of m) / M, with G in lane order below 96 rows
+    # and in fma chains from 96.
     # Two modalities share one parallel region of Gram products; width 4133 at B = 32 is
     # summed in k chunks (csrc/cpu/sass_kernel.cpp kChunkBytes) whose lanes wait in between.
     g = torch.Generator().manual_seed(width)
     xs = [torch.randn(batch, width, generator=g, dtype=torch.float64).to(dtype) for _ in range(modalities)]
     s = None
     for x in xs:
-        gram = dot_lanes(x)
+        gram = dot_lanes(x) if batch < MIN_TILED_BATCH else fma_chain_gram(x)
         # Correctly rounded square roots (torch.sqrt of float32 was not, in 16% of a test
         # here), then one IEEE division each.
         norm = torch.tensor([math.sqrt(v) for v in gram.diagonal().tolist()], dtype=torch.float64).to(dtype)

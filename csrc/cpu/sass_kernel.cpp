@@ -70,8 +70,9 @@ void normalise_similarity_kernel(at::Tensor& gram, int64_t num_modalities) {
   });
 }
 
-// Gram products by msmix's own dot products below this many rows, by its own tiled GEMM from it.
-constexpr int64_t kMinTiledBatch = 256;
+// Gram products by msmix's own dot products below this many rows, by its own
+// tiled GEMM from it (the measured crossover, below).
+constexpr int64_t kMinTiledBatch = 96;
 
 // The upper triangle (with the diagonal) of G_n = X_n X_n^T for each of the N
 // tensors xs[n] [B, width_n] into grams (N B^2 contiguous elements, G_n from
@@ -90,17 +91,17 @@ constexpr int64_t kMinTiledBatch = 256;
 // of X stays in its core's cache. From kMinTiledBatch rows: column strips of
 // the upper triangle, two per task, each by gram_tiles.h's fma chains.
 //
-// Measured against one at::mm (similarity as a whole, 2 threads, float32, AMD
-// EPYC): 3 x [B, 128]: B = 4..64 0.6-0.8x the time, B = 128 0.8-0.95x;
-// 3 x [B, 8, 128]: B = 16..128 0.6-0.7x; mosi/mosei-sized rows at B = 64:
-// 0.6-0.7x. From 256 rows, against the MKL tiles they replaced (2-core Intel
-// Xeon, the least of 4 interleaved rounds each, the rounds themselves 0.7-1.5x
-// apart): 3 x [B, 8, 128] at B = 256..2048 0.85-1.04x the time, float64
-// 0.8x, 3 x [512, 128] 1.2x, mosei-sized rows at B = 256 1.5x (MKL's
-// no-copy kernel suits rows that long best); sass_select at B = 4096
-// 0.95-1.2x (1.03-1.24x its GEMM). Below 256 rows (the training batches, the benchmark's B = 64) nothing
-// changed. The price, where there is one, of bits that no thread count or
-// CPU model moves.
+// The dot products against one at::mm (similarity as a whole, 2 threads,
+// float32, AMD EPYC): 3 x [B, 128] at B = 4..64 0.6-0.8x the time,
+// 3 x [B, 8, 128] at B = 16..64 0.6-0.7x, mosi/mosei-sized rows at B = 64
+// 0.6-0.7x. The tiles against the dot products (2-core Intel Xeon, the least
+// of 3 interleaved rounds): at B = 64 1.25-1.4x the time (pooled, almt, mosi,
+// mosei), at B = 96 0.6-1.04x, at B = 128 0.5-0.9x, at B = 192 0.5-0.8x. The
+// tiles against the MKL tiles they replaced from 256 rows (same machine, the
+// least of 4 rounds, the rounds themselves 0.7-1.5x apart): 3 x [B, 8, 128] at
+// B = 256..2048 0.85-1.04x, float64 0.8x, 3 x [512, 128] 1.2x, mosei-sized
+// rows at B = 256 1.5x (MKL picks a no-copy kernel for rows that long);
+// sass_select at B = 4096 0.95-1.2x (1.03-1.24x its GEMM).
 void upper_grams(const std::vector<at::Tensor>& xs, const at::Tensor& grams) {
   constexpr int64_t kChunkBytes = 512 * 1024, kMacsPerTask = 65536;
   const int64_t batch = xs[0].size(0), plane = batch * batch, num_grams = static_cast<int64_t>(xs.size());
