@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import math
 from fractions import Fraction
 
@@ -188,9 +189,13 @@ def fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return s.float()
 
 
-_LIBM = ctypes.CDLL(ctypes.util.find_library("m"))
-_LIBM.fma.restype = ctypes.c_double
-_LIBM.fma.argtypes = [ctypes.c_double] * 3
+@functools.cache
+def libm_fma():
+    """The C library's fma (C requires it correctly rounded), loaded on first use."""
+    fma = ctypes.CDLL(ctypes.util.find_library("m")).fma
+    fma.restype = ctypes.c_double
+    fma.argtypes = [ctypes.c_double] * 3
+    return fma
 
 
 def fma_chain_gram(x: torch.Tensor) -> torch.Tensor:
@@ -204,13 +209,13 @@ def fma_chain_gram(x: torch.Tensor) -> torch.Tensor:
         for k in range(width):
             acc = fma32(x[:, k, None].expand(batch, batch), x[None, :, k].expand(batch, batch), acc)
         return acc.triu() + acc.triu(diagonal=1).T
-    rows = x.tolist()
+    fma, rows = libm_fma(), x.tolist()
     out = torch.zeros(batch, batch, dtype=torch.float64)
     for i in range(batch):
         for j in range(i, batch):
             acc, xi, xj = 0.0, rows[i], rows[j]
             for k in range(width):
-                acc = _LIBM.fma(xi[k], xj[k], acc)
+                acc = fma(xi[k], xj[k], acc)
             out[i, j] = out[j, i] = acc
     return out
 
