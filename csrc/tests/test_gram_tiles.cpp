@@ -1,10 +1,9 @@
 // The Gram tiles of csrc/cpu/gram_tiles.h, every version this CPU runs,
-// against a plain loop of std::fma per entry, bit for bit: tiles on, off and
-// across the diagonal (column strips), rows and columns that are not whole
-// register blocks, widths
-// around the depth of one pass (kGramDepth), float and double, and values
-// whose partial sums cancel (where a different order of the same products
-// would round differently).
+// against a plain loop of std::fma per entry, bit for bit: tiles on, off,
+// across and wholly below the diagonal (column strips among them), rows and
+// columns that are not whole register blocks, widths around the depth of one
+// pass (kGramDepth), float and double, and values whose partial sums cancel
+// (where a different order of the same products would round differently).
 #include <cmath>
 #include <cstdint>
 #include <iostream>
